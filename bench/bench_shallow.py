@@ -1,0 +1,96 @@
+"""Benchmarks of the paper-1 trainer (results go to docs/benchmarks.md by hand, with this command).
+
+    python bench/bench_shallow.py batched [--K 200 --steps 50]
+        K models trained as one tensor program vs the same K models one at a time (same math, same
+        steps, same data); prints both times, the speed-up and the largest parameter difference.
+    python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
+        the sample-complexity grid end to end through the public API (in a temporary run folder),
+        ViT only (Figure 1a) unless --with-cnn.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from vitheory.config import build_config
+from vitheory.experiments import _shallow as S
+from vitheory.experiments.sample_complexity import Config as SCConfig
+from vitheory.train.sgd import train_hinge_sgd
+
+
+def _setup(cfg, trials, device="cpu"):
+    patterns = [S.trial_patterns(cfg, t) for t in trials]
+    train = [S.draw(cfg, t, p, int(t["N"]), S.generator(t["seed"], S._TRAIN)) for t, p in zip(trials, patterns)]
+    X, y, n = S.stack_padded(train, device)
+    model = S.build_models(cfg, trials, patterns, device)
+    lr = torch.tensor([float(S.trial_value(cfg, t, "lr")) for t in trials])
+    gens = [S.generator(t["seed"], S._SGD) for t in trials]
+    return model, X, y, n, lr, gens
+
+
+def bench_batched(K: int, steps: int) -> None:
+    # eval_every=0: no retirement, so both sides run exactly `steps` steps on every model
+    cfg = build_config(SCConfig, {"steps": steps, "eval_every": 0})
+    trials = [{"model": "vit", "alpha_star": (4 + (k % 11)) ** -0.5, "N": 40 * (1 + k % 10), "seed": k}
+              for k in range(K)]
+    model, X, y, n, lr, gens = _setup(cfg, trials)
+    t0 = time.perf_counter()
+    train_hinge_sgd(model, X, y, n, steps=steps, batch=cfg.batch, lr=lr, generators=gens)
+    t_batched = time.perf_counter() - t0
+    t_single = 0.0
+    max_diff = 0.0
+    for k, t in enumerate(trials):
+        m1, X1, y1, n1, lr1, g1 = _setup(cfg, [t])
+        t0 = time.perf_counter()
+        train_hinge_sgd(m1, X1, y1, n1, steps=steps, batch=cfg.batch, lr=lr1, generators=g1)
+        t_single += time.perf_counter() - t0
+        for name, p in m1.params().items():
+            max_diff = max(max_diff, float((p[0] - model.params()[name][k]).abs().max()))
+    print(f"K={K} models, {steps} SGD steps each (d={cfg.d}, L={cfg.L}, m={cfg.m}, B={cfg.batch}), "
+          f"torch threads={torch.get_num_threads()}")
+    print(f"  batched : {t_batched:8.2f} s")
+    print(f"  one by one: {t_single:8.2f} s")
+    print(f"  speed-up: {t_single / t_batched:.1f}x   max |param difference| = {max_diff:.2e}")
+
+
+def bench_grid(scale: str, sets: list[str], with_cnn: bool) -> None:
+    from vitheory.config import parse_overrides
+    from vitheory.sweep.runner import run_experiment
+    over = parse_overrides(sets)
+    if not with_cnn:
+        over.setdefault("cnn", "false")
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        df = run_experiment("sample-complexity", scale=scale, overrides=over, out=os.path.join(d, "run"),
+                            progress=True)
+        dt = time.perf_counter() - t0
+        print(f"{len(df)} trainings (scale={scale}, cnn={with_cnn}) end to end incl. report: {dt:.1f} s "
+              f"({dt / 60:.2f} min), torch threads={torch.get_num_threads()}")
+        print(open(os.path.join(d, "run", "report.md")).read().split("<details>")[0])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("batched")
+    b.add_argument("--K", type=int, default=200)
+    b.add_argument("--steps", type=int, default=50)
+    g = sub.add_parser("grid")
+    g.add_argument("--scale", default="paper")
+    g.add_argument("--set", action="append", default=[])
+    g.add_argument("--with-cnn", action="store_true")
+    args = p.parse_args(argv)
+    if args.what == "batched":
+        bench_batched(args.K, args.steps)
+    else:
+        bench_grid(args.scale, args.set, args.with_cnn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv and install vitheory into it.
+# Usage: bash scripts/setup_env.sh [EXTRAS]   e.g. EXTRAS="vit,test"
+# torch is pinned to the CPU build 2.13.0 and installed *before* anything that depends on torch:
+# a loose range would make pip resolve a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-test}"
+PY="${PYTHON:-python3}"
+VENV="${VITHEORY_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.vitheory-installed-$EXTRAS"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+    "$VENV/bin/python" -c "import torch" || { echo "error: torch==2.13.0 did not install" >&2; exit 1; }
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
+    "$VENV/bin/python" -c "import vitheory" || { echo "error: vitheory did not install" >&2; exit 1; }
+    touch "$stamp"
+fi

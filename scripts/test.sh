@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: installs what it needs into .venv, then runs pytest (slow tests: add `-m slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh "vit,test"
+export MPLBACKEND=Agg
+exec .venv/bin/python -m pytest "$@"

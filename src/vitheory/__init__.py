@@ -1,0 +1,33 @@
+"""vitheory: the theory of Vision Transformers as experiments you can run, check and extend.
+
+Public API (a notebook can call these; the ``vitheory`` command line is a thin layer over them)::
+
+    import vitheory
+    vitheory.list_experiments()                      # name -> Experiment (paper, figure, claim)
+    df = vitheory.run("sample-complexity", scale="smoke", overrides={"L": 24})  # one row per trial
+    df = vitheory.run("sample-complexity", out="runs/sc")   # run folder with SQLite, figures, report
+    vitheory.report("runs/sc")                       # rebuild the report from stored results
+"""
+__version__ = "0.1.0"
+
+
+def list_experiments():
+    from vitheory.experiments.base import registry
+    return registry()
+
+
+def run(name, *, scale="default", overrides=None, seeds=None, out=None, device="auto", progress=True):
+    from vitheory.sweep.runner import run_experiment
+    return run_experiment(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device,
+                          progress=progress)
+
+
+def report(path):
+    from vitheory.report.build import rebuild
+    return rebuild(path)
+
+
+def load_results(run_dir):
+    """The one-row-per-trial DataFrame stored in a run folder."""
+    from vitheory.report.build import load_run
+    return load_run(run_dir)[2]

@@ -1,0 +1,139 @@
+"""The ``vitheory`` command line: a thin layer over the public API.
+
+    vitheory list
+    vitheory show EXPERIMENT                      (its parameters, defaults and scale presets)
+    vitheory run EXPERIMENT [--scale smoke|default|paper] [--set key=value ...] [--seeds K] [--out DIR]
+    vitheory report DIR
+    vitheory reproduce [--scale ...] [--out DIR] [--only a,b]
+
+Bad input ends with a one-line ``error: ...`` naming the parameter and the allowed range, exit code 2,
+before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from vitheory.config import ConfigError, describe_fields, parse_overrides
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        raise ConfigError(message)
+
+
+def _default_out(name: str, scale: str) -> str:
+    return os.path.join("runs", f"{name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_list(args) -> int:
+    from vitheory.experiments.base import registry
+    for exp in registry().values():
+        print(f"{exp.name:26s} {exp.paper} · {exp.figure}\n{'':26s} {exp.claim}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from vitheory.experiments.base import SCALES, get_experiment
+    exp = get_experiment(args.experiment)
+    print(f"{exp.name}: {exp.paper} · {exp.figure}\n{exp.claim}\n")
+    print(f"{'parameter':22s} {'type':32s} {'default':>14s}  help")
+    for name, tp, default, help_ in describe_fields(exp.config):
+        print(f"{name:22s} {tp[:32]:32s} {str(default)[:14]:>14s}  {help_}")
+    for s in SCALES:
+        print(f"\nscale {s}: {dict(exp.scale_overrides(s)) or '(defaults)'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from vitheory.sweep.runner import run_experiment
+    overrides = parse_overrides(args.set or [])
+    out = args.out or _default_out(args.experiment, args.scale)
+    df = run_experiment(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
+                        device=args.device, progress=not args.quiet)
+    print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vitheory.report.build import rebuild
+    path = rebuild(args.dir)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from vitheory.experiments.base import get_experiment, registry, resolve_config
+    from vitheory.report.build import build_combined_report
+    from vitheory.sweep.runner import resolve_device, run_experiment
+    names = list(registry()) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    for n in names:  # validate everything before running anything
+        resolve_config(get_experiment(n), args.scale)
+    resolve_device(args.device)
+    root = Path(args.out or os.path.join("runs", f"reproduce-{args.scale}"))
+    root.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        t0 = time.perf_counter()
+        print(f"== {n} ({args.scale})", flush=True)
+        run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet,
+                       report=False)
+        print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
+    path = build_combined_report(root)
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vitheory", description="Vision Transformer theory, as experiments.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("list", help="the experiments, each with its paper, figure and claim")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="an experiment's parameters and scale presets")
+    s.add_argument("experiment")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("run", help="run one experiment into a run folder (resumes)")
+    s.add_argument("experiment")
+    s.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    s.add_argument("--seeds", type=int, default=None, help="trials (seeds) per grid cell")
+    s.add_argument("--out", default=None, help="run folder (default: runs/NAME-SCALE-TIMESTAMP)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="rebuild the report of a run folder from stored results only")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("reproduce", help="every experiment, then one report")
+    s.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    s.add_argument("--out", default=None, help="folder (default: runs/reproduce-SCALE)")
+    s.add_argument("--only", default=None, help="comma-separated experiment names")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

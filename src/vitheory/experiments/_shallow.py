@@ -1,0 +1,305 @@
+"""Shared machinery of the paper-1 (Li et al., ICLR 2023) experiments.
+
+``ShallowConfig`` holds the knobs every paper-1 experiment shares (data model, model, SGD); each
+experiment subclasses it with its own grid.  ``train_trials`` trains one batch of trials -- K models
+with the same shapes -- as one tensor program and returns their metrics.
+
+A trial dict may override any of the per-trial knobs in ``PER_TRIAL`` (e.g. ``alpha_star``, ``N``,
+``tau``, ``sigma``, ``lr``); everything else comes from the config.  Each trial draws its patterns,
+training set, initial weights, mini-batches and test set from generators seeded by its own ``seed``,
+so its numbers do not depend on which other trials share its batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vitheory.config import ConfigError, check_choice, check_range, knob
+from vitheory.data.tokens import RELEVANT, TokenSamples, make_patterns, sample_tokens
+from vitheory.models.cnn import CNNConfig, TokenCNN, matched_width
+from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
+from vitheory.train.sgd import hinge, predict, train_hinge_sgd
+
+PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
+PER_TRIAL = ("model", "alpha_star", "alpha_conf", "N", "tau", "sigma", "delta", "lr", "L", "m")
+
+# generator streams of a trial
+_PATTERNS, _TRAIN, _INIT, _SGD, _TEST, _PROBE = range(6)
+
+
+def generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 7919 + stream * 104729 + 17)
+
+
+@dataclass(frozen=True)
+class ShallowConfig:
+    """Knobs shared by the paper-1 experiments.  Values marked [project choice] are not in the paper."""
+    # data model
+    d: int = knob(64, "token dimension (patterns span M of the d dimensions; noise uses all d)", True)
+    M: int = knob(4, "number of patterns: 2 discriminative + M-2 label-irrelevant", True)
+    L: int = knob(32, "tokens per sample", True)
+    alpha_conf: float = knob(0.04, "average fraction alpha_# of confusion tokens", True)
+    tau: float = knob(3.25, "token noise level: ||z|| <= tau (bounded) or z ~ N(0, tau^2/d I)", True)
+    noise: Literal["bounded", "gaussian"] = knob("bounded", "token noise distribution", True)
+    counts: Literal["stochastic", "deterministic"] = knob("stochastic", "how per-sample token counts realise alpha*, alpha#", True)
+    pattern_kind: Literal["orthonormal", "random"] = knob("orthonormal", "pattern geometry", True)
+    pattern_norm: float = knob(1.0, "norm of every pattern", True)
+    min_separation: float = knob(0.0, "minimum pairwise pattern distance (pattern_kind=random)", True)
+    # model
+    m: int = knob(128, "perceptron width (theory: m >~ M^2 log N)", True)
+    d_k: int = knob(16, "query/key dimension", True)
+    d_v: int = knob(16, "value dimension", True)
+    sigma: float = knob(1.0, "initial model error of W_V around the pattern-aligned reference", True)
+    delta: float = knob(0.1, "initial error of W_Q, W_K around their reference", True)
+    qk_reference: Literal["patterns", "zero"] = knob("patterns", "reference of W_Q, W_K: pattern-aligned, or zero (uniform attention)", True)
+    train_a: bool = knob(False, "train the output layer a (default frozen at +-1/sqrt(m))", True)
+    scale_scores: bool = knob(False, "divide attention scores by sqrt(d_k)", True)
+    cnn_kernel: int = knob(3, "CNN baseline: window size over the token sequence", True)
+    # training
+    lr: float = knob(0.5, "SGD step size eta", True)
+    batch: int = knob(16, "SGD mini-batch size B", True)
+    steps: int = knob(800, "maximum SGD iterations T", True)
+    eval_every: int = knob(50, "full training-set evaluation period (early stop once all margins >= 1)", True)
+    n_test: int = knob(1000, "fresh test samples per trial; success = zero test errors", True)
+    # sweep
+    seeds: int = knob(20, "trials per grid cell")
+    batch_models: int = knob(220, "models trained together as one tensor program (memory knob)")
+
+    def validate(self) -> None:
+        check_range("d", self.d, 1, 4096)
+        check_range("M", self.M, 3, 4096)
+        check_range("L", self.L, 1, 4096)
+        check_range("alpha_conf", self.alpha_conf, 0.0, 1.0, hi_open=True)
+        check_range("tau", self.tau, 0.0, None)
+        check_choice("noise", self.noise, ("bounded", "gaussian"))
+        check_choice("counts", self.counts, ("stochastic", "deterministic"))
+        check_choice("pattern_kind", self.pattern_kind, ("orthonormal", "random"))
+        if self.pattern_kind == "orthonormal" and self.d < self.M:
+            raise ConfigError(f"d={self.d} must be >= M={self.M} for orthonormal patterns; allowed range: d in [M, 4096]")
+        check_range("pattern_norm", self.pattern_norm, 0.0, None, lo_open=True)
+        check_range("min_separation", self.min_separation, 0.0, None)
+        check_range("m", self.m, 1, 1 << 16)
+        check_range("d_k", self.d_k, 1, 4096)
+        check_range("d_v", self.d_v, 1, 4096)
+        check_range("sigma", self.sigma, 0.0, None)
+        check_range("delta", self.delta, 0.0, None)
+        check_choice("qk_reference", self.qk_reference, ("patterns", "zero"))
+        check_range("cnn_kernel", self.cnn_kernel, 1, self.L)
+        check_range("lr", self.lr, 0.0, None, lo_open=True)
+        check_range("batch", self.batch, 1, 1 << 16)
+        check_range("steps", self.steps, 1, 10_000_000)
+        check_range("eval_every", self.eval_every, 0, 10_000_000)
+        check_range("n_test", self.n_test, 1, 10_000_000)
+        check_range("seeds", self.seeds, 1, 10_000)
+        check_range("batch_models", self.batch_models, 1, 1_000_000)
+
+
+def check_alphas(alpha_star: float, alpha_conf: float, name: str = "alpha_star") -> None:
+    """Data-model consistency: 0 < alpha_* <= 1, alpha_* > alpha_#, alpha_* + alpha_# <= 1."""
+    check_range(name, alpha_star, 0.0, 1.0, lo_open=True)
+    if alpha_star <= alpha_conf:
+        raise ConfigError(f"{name}={alpha_star:g} must exceed alpha_conf={alpha_conf:g}; "
+                          f"allowed range: {name} in ({alpha_conf:g}, {1 - alpha_conf:g}]")
+    if alpha_star + alpha_conf > 1:
+        raise ConfigError(f"{name}={alpha_star:g} + alpha_conf={alpha_conf:g} > 1; "
+                          f"allowed range: {name} in ({alpha_conf:g}, {1 - alpha_conf:g}]")
+
+
+def trial_value(cfg: ShallowConfig, trial: dict, key: str):
+    return trial[key] if key in trial else getattr(cfg, key)
+
+
+def group_key(trial: dict):
+    """Trials batch together when their tensors have the same shapes."""
+    return (trial.get("model", "vit"), trial.get("L"), trial.get("m"), trial.get("removed", 0))
+
+
+def theory_conditions(cfg: ShallowConfig, alpha_star_min: float, N_max: int) -> list[str]:
+    """Notes on whether the config sits inside Theorem 1's conditions (not enforced: they are knobs)."""
+    notes = []
+    need_m = cfg.M ** 2 * math.log(max(N_max, 2))
+    notes.append(f"width condition m >~ M^2 log N: m = {cfg.m}, M^2 log N_max = {need_m:.0f} "
+                 f"({'holds' if cfg.m >= need_m else 'violated'}).")
+    c = cfg.alpha_conf / alpha_star_min if alpha_star_min > 0 else float("inf")
+    notes.append(f"data condition alpha_* >= alpha_#/c with c < 1/(2e) = 0.184: smallest alpha_* = "
+                 f"{alpha_star_min:.3f}, alpha_# = {cfg.alpha_conf:.3f}, so c = {c:.3f} "
+                 f"({'holds' if c < 1 / (2 * math.e) else 'violated'}).")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------------
+# data, models, training for one batch of trials
+# --------------------------------------------------------------------------------------------------
+def trial_patterns(cfg: ShallowConfig, trial: dict) -> torch.Tensor:
+    return make_patterns(cfg.d, cfg.M, kind=cfg.pattern_kind, norm=cfg.pattern_norm,
+                         min_separation=cfg.min_separation, generator=generator(trial["seed"], _PATTERNS))
+
+
+def draw(cfg: ShallowConfig, trial: dict, patterns: torch.Tensor, n: int, g: torch.Generator,
+         spurious_corr: float | None = None) -> TokenSamples:
+    return sample_tokens(patterns, n, L=trial_value(cfg, trial, "L"),
+                         alpha_star=trial_value(cfg, trial, "alpha_star"),
+                         alpha_conf=trial_value(cfg, trial, "alpha_conf"), tau=trial_value(cfg, trial, "tau"),
+                         noise=cfg.noise, counts=cfg.counts,
+                         spurious_tokens=trial.get("spurious_tokens", 0),
+                         spurious_corr=spurious_corr if spurious_corr is not None else trial.get("spurious_corr", 0.5),
+                         generator=g)
+
+
+def build_models(cfg: ShallowConfig, trials: list[dict], patterns: list[torch.Tensor], device: str):
+    kind = trials[0].get("model", "vit")
+    vit_cfgs = [ShallowViTConfig(d=cfg.d, m=trial_value(cfg, t, "m"), d_k=cfg.d_k, d_v=cfg.d_v, train_a=cfg.train_a,
+                                 scale_scores=cfg.scale_scores, sigma=trial_value(cfg, t, "sigma"),
+                                 delta=trial_value(cfg, t, "delta"), qk_reference=cfg.qk_reference)
+                for t in trials]
+    gens = [generator(t["seed"], _INIT) for t in trials]
+    if kind == "vit":
+        # sigma/delta may differ per trial: build per trial, then stack (shapes are equal)
+        parts = [ShallowViT(c, p, [g]) for c, p, g in zip(vit_cfgs, patterns, gens)]
+        model = parts[0]
+        with torch.no_grad():
+            for name, _ in list(model.named_parameters()):
+                getattr(model, name).data = torch.cat([getattr(p_, name).data for p_ in parts])
+    elif kind == "cnn":
+        n_vit = ShallowViT(vit_cfgs[0], patterns[0], [torch.Generator().manual_seed(0)]).num_parameters()
+        ccfg = CNNConfig(d=cfg.d, m=matched_width(n_vit, cfg.d, cfg.cnn_kernel), kernel=cfg.cnn_kernel)
+        model = TokenCNN(ccfg, gens)
+    else:
+        raise ConfigError(f"model={kind!r} is not allowed; choose one of vit, cnn")
+    return model.to(device)
+
+
+def stack_padded(samples: list[TokenSamples], device: str):
+    n = torch.tensor([len(s) for s in samples])
+    Nmax = int(n.max())
+    K, L, d = len(samples), samples[0].X.shape[1], samples[0].X.shape[2]
+    X = torch.zeros(K, Nmax, L, d)
+    y = torch.ones(K, Nmax)
+    for k, s in enumerate(samples):
+        X[k, :len(s)] = s.X
+        y[k, :len(s)] = s.y
+    return X.to(device), y.to(device), n
+
+
+@torch.no_grad()
+def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn=None,
+                 spurious_corr: float | None = 0.5, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """Test error (fraction) and mean hinge loss of each model on n_test fresh samples."""
+    K = len(trials)
+    errs = torch.zeros(K)
+    loss = torch.zeros(K)
+    gens = [generator(t["seed"], _TEST) for t in trials]
+    done = 0
+    while done < cfg.n_test:
+        n = min(chunk, cfg.n_test - done)
+        parts = [draw(cfg, t, p, n, g, spurious_corr=spurious_corr) for t, p, g in zip(trials, patterns, gens)]
+        if keep_fn is not None:
+            parts = [keep_fn(t, s) for t, s in zip(trials, parts)]
+        X = torch.stack([s.X for s in parts]).to(device)
+        y = torch.stack([s.y for s in parts]).to(device)
+        yF = (y * predict(model, X)).cpu()
+        errs += (yF <= 0).sum(1)
+        loss += hinge(yF).sum(1)
+        done += n
+    return (errs / cfg.n_test).numpy(), (loss / cfg.n_test).numpy()
+
+
+def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn=None,
+                 callback=None, callback_every: int = 0, train_spurious_corr: float | None = None,
+                 test_spurious_corr: float | None = 0.5):
+    """Train the trials' models (one batch, equal shapes) and measure them.
+
+    ``keep_fn(trial, samples) -> samples`` removes tokens (sparsification) from training and test data.
+    Returns (metrics list, model, patterns, train result).
+    """
+    patterns = [trial_patterns(cfg, t) for t in trials]
+    train = [draw(cfg, t, p, int(t["N"]), generator(t["seed"], _TRAIN), spurious_corr=train_spurious_corr)
+             for t, p in zip(trials, patterns)]
+    if keep_fn is not None:
+        train = [keep_fn(t, s) for t, s in zip(trials, train)]
+    X, y, n = stack_padded(train, device)
+    model = build_models(cfg, trials, patterns, device)
+    lr = torch.tensor([float(trial_value(cfg, t, "lr")) for t in trials])
+    res = train_hinge_sgd(model, X, y, n, steps=cfg.steps, batch=cfg.batch, lr=lr,
+                          generators=[generator(t["seed"], _SGD) for t in trials], eval_every=cfg.eval_every,
+                          callback=callback, callback_every=callback_every)
+    F = predict(model, X)
+    valid = torch.arange(X.shape[1], device=X.device)[None] < n.to(X.device)[:, None]
+    train_err = (((y * F) <= 0) & valid).sum(1).float().cpu() / n.float()
+    test_err, test_loss = test_metrics(cfg, model, trials, patterns, device, keep_fn=keep_fn,
+                                       spurious_corr=test_spurious_corr)
+    metrics = []
+    for k in range(len(trials)):
+        metrics.append({"train_error": float(train_err[k]), "test_error": float(test_err[k]),
+                        "test_loss": float(test_loss[k]), "success": bool(test_err[k] == 0.0),
+                        "fit_step": int(res.fit_step[k]), "steps_run": int(res.steps_run)})
+    return metrics, model, patterns, res
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis helpers
+# --------------------------------------------------------------------------------------------------
+def n_min_table(df, by: str, success_rate: float = 0.95):
+    """Smallest N whose success rate >= ``success_rate`` (and stays so for every larger N tested), per ``by``."""
+    import pandas as pd
+    rows = []
+    for val, sub in df.groupby(by):
+        rates = sub.groupby("N")["success"].mean().sort_index()
+        ok = rates >= success_rate
+        nmin = None
+        for N in rates.index:
+            if ok.loc[N:].all():
+                nmin = int(N)
+                break
+        rows.append({by: val, "N_min": nmin, "max_rate": float(rates.max())})
+    return pd.DataFrame(rows)
+
+
+def loglog_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
+    """Least-squares slope of log y on log x with a t-interval; also R^2 of the linear fit y ~ x."""
+    from scipy import stats
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    out = {"n_points": int(len(x))}
+    if len(x) < 3:
+        return out
+    r = stats.linregress(np.log(x), np.log(y))
+    t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
+    out.update(slope=float(r.slope), slope_lo=float(r.slope - t * r.stderr), slope_hi=float(r.slope + t * r.stderr),
+               loglog_r2=float(r.rvalue ** 2))
+    return out
+
+
+def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
+    from scipy import stats
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    if len(x) < 3:
+        return {"n_points": int(len(x))}
+    r = stats.linregress(x, y)
+    t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
+    return {"n_points": int(len(x)), "slope": float(r.slope), "intercept": float(r.intercept),
+            "slope_lo": float(r.slope - t * r.stderr), "slope_hi": float(r.slope + t * r.stderr),
+            "r2": float(r.rvalue ** 2)}
+
+
+def save_figure(fig, fig_dir: str, name: str) -> str:
+    import os
+    fig.tight_layout()
+    fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=130)
+    fig.savefig(os.path.join(fig_dir, f"{name}.pdf"))
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return name
+
+
+def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+    """A = sum of softmax weight each query puts on label-relevant keys, averaged over queries and samples: [K]."""
+    with torch.no_grad():
+        attn = model.attention(samples_X)                                   # [K,B,L,L]
+        rel = (category == RELEVANT).float()                                # [K,B,L]
+        return (attn * rel[:, :, None, :]).sum(-1).mean(dim=(1, 2)).cpu()

@@ -1,0 +1,124 @@
+"""Theorem 1 of Li et al. (ICLR 2023): the sample complexity grows with the token noise level and with
+the initial model error (claims S5 and S6 of the spec).
+
+At a fixed alpha_*, N_min (the smallest N whose success rate reaches ``success_rate``) is measured
+(a) for each noise level tau in ``tau_grid`` and (b) for each initial model error sigma in
+``sigma_grid`` (the distance of W_V from its pattern-aligned reference; W_Q, W_K get delta = sigma too
+when ``init_error_moves_qk``).  The theory predicts N_min non-decreasing in both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vitheory.config import check_all_in_range, knob
+from vitheory.experiments import _shallow as S
+from vitheory.experiments.base import Analysis, Claim, Experiment
+
+
+@dataclass(frozen=True)
+class Config(S.ShallowConfig):
+    alpha_star: float = knob(0.3, "fraction alpha_* of label-relevant tokens")
+    N_grid: tuple[int, ...] = knob((20, 40, 80, 160, 320), "grid of N")
+    tau_grid: tuple[float, ...] = knob((1.0, 2.0, 3.0, 3.5), "noise levels tau compared (sweep a)")
+    sigma_grid: tuple[float, ...] = knob((0.1, 1.0, 2.0, 3.0), "initial model errors sigma compared (sweep b)")
+    init_error_moves_qk: bool = knob(False, "sweep b also sets delta = sigma for W_Q, W_K", True)
+    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", True)
+    seeds: int = knob(5, "trials per cell")
+
+    def validate(self) -> None:
+        super().validate()
+        S.check_alphas(self.alpha_star, self.alpha_conf)
+        check_all_in_range("N_grid", self.N_grid, 1, 10_000_000)
+        check_all_in_range("tau_grid", self.tau_grid, 0.0, None)
+        check_all_in_range("sigma_grid", self.sigma_grid, 0.0, None)
+        S.check_range("success_rate", self.success_rate, 0.0, 1.0, lo_open=True)
+
+
+def trials(cfg: Config) -> list[dict]:
+    a = [{"sweep": "tau", "value": tau, "tau": tau, "alpha_star": cfg.alpha_star, "N": N, "seed": s}
+         for tau in cfg.tau_grid for N in cfg.N_grid for s in range(cfg.seeds)]
+    b = []
+    for sg in cfg.sigma_grid:
+        extra = {"delta": sg} if cfg.init_error_moves_qk else {}
+        b += [{"sweep": "sigma", "value": sg, "sigma": sg, **extra, "alpha_star": cfg.alpha_star, "N": N, "seed": s}
+              for N in cfg.N_grid for s in range(cfg.seeds)]
+    return a + b
+
+
+def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
+    return S.train_trials(cfg, batch, device)[0]
+
+
+def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max: int) -> Claim:
+    vals = tab["value"].to_numpy(float)
+    # a value that never reaches the threshold has N_min > grid max: rank it above every found value
+    nmin = np.array([np.inf if v is None or pd.isna(v) else float(v) for v in tab["N_min"]])
+    from scipy import stats
+    shown = ", ".join(f"{name}={v:g}: {'>' + str(grid_max) if np.isinf(n) else int(n)}" for v, n in zip(vals, nmin))
+    if np.isinf(nmin).all():
+        return Claim(cid, stmt, None, f"N_min: {shown}; no value reached the threshold within the grid.")
+    ranks = stats.rankdata(np.where(np.isinf(nmin), grid_max * 10, nmin))
+    rho = stats.spearmanr(vals, ranks).statistic if len(vals) > 2 else np.nan
+    nondec = bool(np.all(np.diff(nmin) >= 0))
+    increases = bool(nmin[-1] > nmin[0])
+    return Claim(cid, stmt, nondec and increases,
+                 f"N_min: {shown}; Spearman rho = {rho:.2f}. Rule: N_min non-decreasing in {name} and larger at the "
+                 f"largest {name} than at the smallest.")
+
+
+def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
+    a = Analysis()
+    for sweep, cid, stmt in (("tau", "S5-noise", "N_min increases with the token noise level tau"),
+                             ("sigma", "S6-init", "N_min increases with the initial model error sigma")):
+        sub = df[df["sweep"] == sweep]
+        if len(sub) == 0:
+            continue
+        tab = S.n_min_table(sub, "value", cfg.success_rate)
+        rates = sub.pivot_table(index="value", columns="N", values="success", aggfunc="mean")
+        tab = tab.merge(rates.reset_index(), on="value")
+        tab.columns = [f"success@N={c}" if isinstance(c, (int, np.integer)) else c for c in tab.columns]
+        a.tables[f"N_min against {sweep} (alpha_* = {cfg.alpha_star:g})"] = tab
+        a.claims.append(_monotone_claim(cid, stmt, tab, sweep, max(cfg.N_grid)))
+    a.notes.append(f"defaults held fixed: tau = {cfg.tau:g} in the sigma sweep, sigma = {cfg.sigma:g} in the tau sweep; "
+                   f"success = zero errors on {cfg.n_test} fresh test samples.")
+    return a
+
+
+def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> list[str]:
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, sweep in zip(axes, ("tau", "sigma")):
+        sub = df[df["sweep"] == sweep]
+        for v, g in sub.groupby("value"):
+            r = g.groupby("N")["success"].mean()
+            ax.plot(r.index, r.values, marker="o", label=f"{sweep}={v:g}")
+        ax.axhline(cfg.success_rate, color="gray", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("N")
+        ax.set_ylabel("success rate")
+        ax.set_title(f"success against N for several {sweep}")
+        ax.legend(fontsize=8)
+    return [S.save_figure(fig, fig_dir, "noise_and_init")]
+
+
+EXPERIMENT = Experiment(
+    name="noise-and-init",
+    paper=S.PAPER1,
+    figure="Theorem 1 (noise and initial-error factors of the sample complexity)",
+    claim="N_min increases with the token noise level and with the initial model error",
+    config=Config,
+    trials=trials,
+    run_trials=run_trials,
+    analyze=analyze,
+    plot=plot,
+    group_key=S.group_key,
+    max_batch=lambda cfg: cfg.batch_models,
+    scales={"smoke": {"N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "seeds": 2,
+                      "steps": 60, "n_test": 100, "eval_every": 20},
+            "default": {},
+            "paper": {"N_grid": (20, 40, 60, 80, 120, 160, 240, 320, 400), "seeds": 20,
+                      "tau_grid": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5), "sigma_grid": (0.1, 0.5, 1.0, 1.5, 2.0, 3.0)}},
+)

@@ -1,0 +1,227 @@
+"""Figure 2b of Li et al. (ICLR 2023): token sparsification.
+
+Removing r tokens from every sample (as keys and as queries, in training and at test) by one of the
+strategies
+
+* ``random``          -- r tokens at random;
+* ``irrelevant``      -- label-irrelevant (and spurious) tokens first, then confusion tokens (oracle
+                         token types: the paper's "label-irrelevant tokens" curve);
+* ``noisiest``        -- the r tokens with the largest noise norm ||x_l - mu(l)|| first;
+* ``low-attention``   -- the r tokens that receive the least attention (averaged over queries) in a
+                         ViT trained with the same seed on the full tokens (project choice);
+* ``spurious``        -- spurious tokens first, then random (part C).
+
+Part A: test loss against r at a fixed N.  Part B: N_min with and without removing ``nmin_removed``
+label-irrelevant tokens.  Part C: spurious tokens correlated with the label in training
+(``spurious_corr_train``) but not at test; test error with and without removing them.
+The paper: removing label-irrelevant tokens lowers the test loss steeply towards 0, removing noisy
+tokens less, random removal leaves it flat; sparsification lowers the sample complexity and removes
+spurious correlations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vitheory.config import ConfigError, check_all_in_range, knob
+from vitheory.data.tokens import CONFUSION, IRRELEVANT, SPURIOUS, TokenSamples
+from vitheory.experiments import _shallow as S
+from vitheory.experiments.base import Analysis, Claim, Experiment
+
+STRATEGIES = ("random", "irrelevant", "noisiest", "low-attention")
+
+
+@dataclass(frozen=True)
+class Config(S.ShallowConfig):
+    alpha_star: float = knob(0.3, "fraction alpha_* of label-relevant tokens")
+    N: int = knob(40, "training samples in parts A and C")
+    removed_grid: tuple[int, ...] = knob((0, 4, 8, 12, 16, 20), "numbers of removed tokens r (part A)")
+    strategies: tuple[str, ...] = knob(STRATEGIES, "removal strategies of part A")
+    N_grid: tuple[int, ...] = knob((10, 20, 40, 80, 160), "grid of N (part B)")
+    nmin_removed: int = knob(16, "label-irrelevant tokens removed in part B", True)
+    spurious_tokens: int = knob(6, "spurious tokens per sample that carries them (part C; 0 = skip part C)", True)
+    spurious_corr_train: float = knob(0.9, "P(sample carries spurious tokens | y=+1) in training; 1 - that for y=-1", True)
+    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", True)
+    seeds: int = knob(5, "trials per point")
+
+    def validate(self) -> None:
+        super().validate()
+        S.check_alphas(self.alpha_star, self.alpha_conf)
+        S.check_range("N", self.N, 1, 10_000_000)
+        check_all_in_range("removed_grid", self.removed_grid, 0, self.L - 1)
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise ConfigError(f"strategies contains {s!r}; allowed: {', '.join(STRATEGIES)}")
+        check_all_in_range("N_grid", self.N_grid, 1, 10_000_000)
+        S.check_range("nmin_removed", self.nmin_removed, 0, self.L - 1)
+        S.check_range("spurious_tokens", self.spurious_tokens, 0, self.L - 1)
+        if self.spurious_tokens > 0 and self.M < 4:
+            raise ConfigError(f"spurious_tokens={self.spurious_tokens} needs M >= 4 (one irrelevant pattern becomes "
+                              f"spurious); allowed range: M in [4, 4096] or spurious_tokens = 0")
+        S.check_range("spurious_corr_train", self.spurious_corr_train, 0.0, 1.0)
+
+
+def trials(cfg: Config) -> list[dict]:
+    base = {"alpha_star": cfg.alpha_star}
+    out = [{**base, "part": "A", "strategy": "none", "removed": 0, "N": cfg.N, "seed": s} for s in range(cfg.seeds)]
+    out += [{**base, "part": "A", "strategy": st, "removed": r, "N": cfg.N, "seed": s}
+            for st in cfg.strategies for r in cfg.removed_grid if r > 0 for s in range(cfg.seeds)]
+    for st, r in (("none", 0), ("irrelevant", cfg.nmin_removed)):
+        out += [{**base, "part": "B", "strategy": st, "removed": r, "N": N, "seed": s}
+                for N in cfg.N_grid for s in range(cfg.seeds)]
+    if cfg.spurious_tokens > 0:
+        sp = {**base, "part": "C", "N": cfg.N, "spurious_tokens": cfg.spurious_tokens}
+        for st, r in (("none", 0), ("spurious", cfg.spurious_tokens), ("random", cfg.spurious_tokens)):
+            out += [{**sp, "strategy": st, "removed": r, "seed": s} for s in range(cfg.seeds)]
+    return out
+
+
+def group_key(trial: dict):
+    return (trial["removed"], trial.get("strategy") == "low-attention", trial.get("part"))
+
+
+def _scores(strategy: str, s: TokenSamples, g: torch.Generator, received: torch.Tensor | None) -> torch.Tensor:
+    """Removal priority per token [n, L]: the highest scores are removed first."""
+    noise = torch.rand(s.category.shape, generator=g)
+    if strategy == "random":
+        return noise
+    if strategy == "irrelevant":
+        irr = ((s.category == IRRELEVANT) | (s.category == SPURIOUS)).float()
+        return 2 * irr + (s.category == CONFUSION).float() + 0.5 * noise
+    if strategy == "noisiest":
+        return s.noise_norm
+    if strategy == "spurious":
+        return 2 * (s.category == SPURIOUS).float() + noise
+    if strategy == "low-attention":
+        return -received
+    raise ConfigError(f"unknown strategy {strategy!r}")
+
+
+def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
+    removed = batch[0]["removed"]
+    reference = None
+    if batch[0]["strategy"] == "low-attention":
+        # the same trials without removal: the trained ViT whose attention ranks the tokens
+        full = [{**t, "strategy": "none", "removed": 0} for t in batch]
+        _, reference, _, _ = S.train_trials(cfg, full, device)
+    gens = {i: S.generator(t["seed"], S._PROBE + 1) for i, t in enumerate(batch)}
+    index = {id(t): i for i, t in enumerate(batch)}
+
+    def keep(t: dict, s: TokenSamples) -> TokenSamples:
+        if removed == 0:
+            return s
+        i = index[id(t)]
+        received = None
+        if reference is not None:
+            params = {k: v[i:i + 1] for k, v in reference.params().items()}
+            with torch.no_grad():
+                attn = reference.attention(s.X[None].to(device), params)[0]       # [n, L, L]
+            received = attn.mean(dim=1).cpu()                                   # attention each key receives
+        score = _scores(t["strategy"], s, gens[i], received)
+        L = score.shape[1]
+        kept = torch.sort(torch.argsort(score, dim=1)[:, :L - removed], dim=1).values
+        return s.keep(kept)
+
+    corr = cfg.spurious_corr_train if batch[0].get("part") == "C" else None
+    metrics, *_ = S.train_trials(cfg, batch, device, keep_fn=keep, train_spurious_corr=corr)
+    return metrics
+
+
+def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
+    a = Analysis()
+    A = df[df["part"] == "A"]
+    base = A[A["strategy"] == "none"]
+    curves = {}
+    for st in cfg.strategies:
+        sub = pd.concat([base.assign(strategy=st), A[A["strategy"] == st]])
+        curves[st] = sub.groupby("removed")["test_loss"].mean()
+    tab = pd.DataFrame(curves)
+    tab.index.name = "removed r"
+    a.tables[f"Part A: mean test hinge loss against removed tokens (N = {cfg.N}, alpha_* = {cfg.alpha_star:g})"] = tab.reset_index()
+    a.numbers["test_loss"] = {st: {int(r): float(v) for r, v in c.items()} for st, c in curves.items()}
+    rmax = int(tab.index.max())
+    l0 = float(tab.iloc[0].iloc[0])
+
+    def drop(st):
+        return l0 - float(tab.loc[rmax, st]) if st in tab else np.nan
+    if "irrelevant" in tab:
+        ir = tab["irrelevant"].to_numpy()
+        a.claims.append(Claim("S9-irrelevant", "Removing label-irrelevant tokens lowers the test loss monotonically towards 0",
+                              bool(np.all(np.diff(ir) <= 0.01) and ir[-1] < 0.5 * l0 + 1e-9),
+                              f"loss {l0:.4f} at r=0 -> {ir[-1]:.4f} at r={rmax}. Rule: non-increasing (tolerance 0.01) "
+                              "and at most half the r=0 loss at the largest r."))
+    if "random" in tab and "irrelevant" in tab:
+        a.claims.append(Claim("S9-order", "Label-irrelevant removal helps more than random removal",
+                              bool(drop("irrelevant") > drop("random")),
+                              f"loss drop from r=0 to r={rmax}: irrelevant {drop('irrelevant'):.4f}, "
+                              f"random {drop('random'):.4f}" + (f", noisiest {drop('noisiest'):.4f}" if "noisiest" in tab else "")
+                              + (f", low-attention {drop('low-attention'):.4f}" if "low-attention" in tab else "") + "."))
+    if "noisiest" in tab and "random" in tab:
+        a.claims.append(Claim("S9-noisy", "Removing the noisiest tokens lowers the test loss more than random removal",
+                              bool(drop("noisiest") > drop("random")),
+                              f"loss drop: noisiest {drop('noisiest'):.4f}, random {drop('random'):.4f}."))
+    B = df[df["part"] == "B"].copy()
+    if len(B):
+        B["setting"] = np.where(B["strategy"] == "none", "all tokens", f"{cfg.nmin_removed} irrelevant removed")
+        nt = S.n_min_table(B, "setting", cfg.success_rate)
+        a.tables["Part B: N_min with and without sparsification"] = nt
+        d = dict(zip(nt["setting"], nt["N_min"]))
+        full_n, sp_n = d.get("all tokens"), d.get(f"{cfg.nmin_removed} irrelevant removed")
+        inf = float("inf")
+        fv = inf if full_n is None or pd.isna(full_n) else full_n
+        sv = inf if sp_n is None or pd.isna(sp_n) else sp_n
+        a.claims.append(Claim("S9-Nmin", "Sparsification lowers the sample complexity N_min",
+                              None if fv == inf and sv == inf else bool(sv < fv),
+                              f"N_min all tokens: {full_n if fv != inf else '>' + str(max(cfg.N_grid))}; "
+                              f"after removing {cfg.nmin_removed} label-irrelevant tokens: "
+                              f"{sp_n if sv != inf else '>' + str(max(cfg.N_grid))}. Rule: strictly smaller."))
+    C = df[df["part"] == "C"]
+    if len(C):
+        ct = C.groupby("strategy")[["test_error", "test_loss"]].mean().reset_index()
+        a.tables[f"Part C: spurious tokens (train correlation {cfg.spurious_corr_train:g}, none at test)"] = ct
+        e = dict(zip(ct["strategy"], ct["test_error"]))
+        a.claims.append(Claim("S10-spurious", "Removing spurious tokens improves test accuracy",
+                              bool(e["spurious"] < e["none"]),
+                              f"test error: keep all {e['none']:.4f}, remove spurious {e['spurious']:.4f}, "
+                              f"remove {cfg.spurious_tokens} at random {e.get('random', float('nan')):.4f}. "
+                              "Rule: removing spurious tokens gives a lower test error than keeping them."))
+    a.notes.append("Paper (Figure 2b, read off the figure): 0.10 -> ~0.00 (label-irrelevant), 0.10 -> 0.03 (noisy), "
+                   "~0.08-0.10 flat (random) over 0..20 removed tokens.")
+    return a
+
+
+def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> list[str]:
+    import matplotlib.pyplot as plt
+    key = next(k for k in analysis.tables if k.startswith("Part A"))
+    tab = analysis.tables[key].set_index("removed r")
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for st in tab.columns:
+        ax.plot(tab.index, tab[st], marker="o", label=st)
+    ax.set_xlabel("number of removed tokens")
+    ax.set_ylabel("test loss")
+    ax.legend()
+    ax.set_title(f"token sparsification (N={cfg.N}, alpha_*={cfg.alpha_star:g}, L={cfg.L})")
+    return [S.save_figure(fig, fig_dir, "sparsification")]
+
+
+EXPERIMENT = Experiment(
+    name="sparsification",
+    paper=S.PAPER1,
+    figure="Figure 2b and the token-sparsification claims",
+    claim="Removing label-irrelevant, noisy or spurious tokens improves generalization and lowers N_min",
+    config=Config,
+    trials=trials,
+    run_trials=run_trials,
+    analyze=analyze,
+    plot=plot,
+    group_key=group_key,
+    max_batch=lambda cfg: cfg.batch_models,
+    scales={"smoke": {"removed_grid": (0, 8, 16), "N_grid": (10, 40), "seeds": 2, "steps": 60, "n_test": 100,
+                      "eval_every": 20, "spurious_tokens": 4},
+            "default": {},
+            "paper": {"removed_grid": tuple(range(0, 21, 2)), "N_grid": (10, 20, 30, 40, 60, 80, 120, 160, 240),
+                      "seeds": 20}},
+)

@@ -1,0 +1,128 @@
+"""Run an experiment's sweep into a run folder, resuming where a previous run stopped.
+
+The public entry point is :func:`run_experiment`; the CLI's ``vitheory run`` is a thin layer over it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from vitheory import __version__
+from vitheory.config import ConfigError, config_to_dict
+from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
+from vitheory.sweep.store import Store, trial_key
+
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device={device!r}: torch sees no CUDA device here; use --device cpu")
+        return device
+    raise ConfigError(f"--device={device!r} is not allowed; choose one of auto, cpu, cuda, cuda:N")
+
+
+def plan_batches(exp: Experiment, cfg, trials: list[dict]) -> list[list[dict]]:
+    """Group trials that can share one batched tensor program, then cut groups to ``max_batch``."""
+    groups: dict[Any, list[dict]] = defaultdict(list)
+    for t in trials:
+        groups[exp.group_key(t)].append(t)
+    cap = max(1, int(exp.max_batch(cfg)))
+    out = []
+    for g in groups.values():
+        out.extend(g[i:i + cap] for i in range(0, len(g), cap))
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
+                   seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto",
+                   progress: bool = True, report: bool = True) -> pd.DataFrame:
+    """Run experiment ``name`` and return its results, one row per trial.
+
+    With ``out`` set, results go to a run folder (config.json, results.sqlite, figures/, report.md);
+    re-running the same command skips finished trials.  With ``out=None`` nothing is written.
+    Raises :class:`~vitheory.config.ConfigError` on bad input before anything is written.
+    """
+    exp = get_experiment(name)
+    cfg = resolve_config(exp, scale, overrides, seeds)
+    dev = resolve_device(device)
+    trials = exp.trials(cfg)
+    cfg_dict = config_to_dict(cfg)
+    meta = {"experiment": exp.name, "scale": scale, "config": cfg_dict, "vitheory_version": __version__}
+
+    if out is None:
+        rows = []
+        bar = _progress(len(trials), exp.name, progress)
+        for batch in plan_batches(exp, cfg, trials):
+            metrics = exp.run_trials(cfg, batch, dev)
+            rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return results_frame(rows)
+
+    run_dir = Path(out)
+    cfg_path = run_dir / "config.json"
+    if cfg_path.is_file():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"--out {run_dir}: config.json is corrupt; use a new --out folder") from None
+        if old.get("experiment") != exp.name or old.get("config") != cfg_dict:
+            diff = sorted(k for k in set(cfg_dict) | set(old.get("config", {}))
+                          if cfg_dict.get(k) != old.get("config", {}).get(k))
+            what = f"experiment {old.get('experiment')!r}" if old.get("experiment") != exp.name else \
+                f"a different config (differs in: {', '.join(diff)})"
+            raise ConfigError(f"--out {run_dir} already holds a run of {what}; use a new --out folder")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"--out {run_dir} exists and is not a vitheory run folder; use a new or empty folder")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg_path.is_file():
+        tmp = cfg_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, cfg_path)
+
+    with Store(run_dir / "results.sqlite") as store:
+        done = store.done_keys()
+        keyed = [(trial_key(exp.name, t), t) for t in trials]
+        todo = [t for k, t in keyed if k not in done]
+        bar = _progress(len(trials), exp.name, progress)
+        if bar is not None:
+            bar.update(len(trials) - len(todo))
+        for batch in plan_batches(exp, cfg, todo):
+            t0 = time.perf_counter()
+            metrics = exp.run_trials(cfg, batch, dev)
+            per = (time.perf_counter() - t0) / len(batch)
+            store.insert_many(exp.name, [(trial_key(exp.name, t), {**cfg_dict, **t}, m, per)
+                                         for t, m in zip(batch, metrics)])
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        wanted = {k for k, _ in keyed}
+        rows = [r for r in store.rows() if r["key"] in wanted]
+
+    if report:
+        from vitheory.report.build import build_report
+        build_report(run_dir)
+    return results_frame(rows)

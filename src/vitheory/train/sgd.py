@@ -1,0 +1,105 @@
+"""Mini-batch SGD on the hinge loss for K independent models at once.
+
+    loss_k = (1/B) sum_{n in batch_k} max{1 - y_n F_k(X_n), 0},   theta_k <- theta_k - eta_k grad loss_k
+
+The K models share nothing: model k samples its own mini-batches (from its own generator, among its
+own N_k training samples) and has its own step size eta_k.  Summing the K losses before taking
+gradients gives each model exactly the gradient of its own loss, so one batched step equals K single
+steps.
+
+A model whose training margins y F(X) are all >= 1 has zero hinge gradient on every mini-batch, so it
+can never move again: at each evaluation such models are *retired* from the batch (their result is
+final), and the step stops once none is left.  This changes no number, only the cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def hinge(yF: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(1.0 - yF, min=0.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: torch.Tensor, chunk: int = 256, params: dict | None = None) -> torch.Tensor:
+    """F for X [K, n, L, d], in chunks of samples: [K, n]."""
+    return torch.cat([model(X[:, i:i + chunk], params) for i in range(0, X.shape[1], chunk)], dim=1)
+
+
+@dataclass
+class TrainResult:
+    steps_run: int                      # steps until every model retired, or the step budget
+    fit_step: torch.Tensor              # [K] first evaluated step with zero training error (-1: never)
+    retired_step: torch.Tensor          # [K] step at which all margins were >= 1 (-1: never)
+    history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, [K] train error)
+
+
+def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch.Tensor, *,
+                    steps: int, batch: int, lr: torch.Tensor, generators: list[torch.Generator],
+                    eval_every: int = 0, callback: Callable[[int, nn.Module], None] | None = None,
+                    callback_every: int = 0) -> TrainResult:
+    """Train the K models of ``model`` on padded data X [K, Nmax, L, d], y [K, Nmax]; N_k = n[k].
+
+    ``eval_every`` > 0: every that many steps, each model's full training error is recorded
+    (``fit_step``, ``history``) and models with all margins >= 1 are retired (see module doc).
+    ``callback(step, model)`` runs at step 0 and every ``callback_every`` steps; while a callback is
+    set no model is retired, so that the callback sees every model at every step it asks for.
+    """
+    K, Nmax = y.shape
+    device = X.device
+    lr = lr.to(device)
+    full = {k: v for k, v in model.params().items()}
+    trainable = [k for k, v in full.items() if v.requires_grad]
+    fit_step = torch.full((K,), -1, dtype=torch.long)
+    retired_step = torch.full((K,), -1, dtype=torch.long)
+    result = TrainResult(steps_run=steps, fit_step=fit_step, retired_step=retired_step)
+    n_dev = n.to(device)
+    active = torch.arange(K, device=device)
+    chunk_steps = 200
+    idx_chunk = None
+
+    def evaluate(step: int) -> None:
+        nonlocal active
+        with torch.no_grad():
+            F = predict(model, X)
+        valid = torch.arange(Nmax, device=device)[None, :] < n_dev[:, None]
+        margin = torch.where(valid, y * F, torch.full_like(F, float("inf")))
+        err = ((margin <= 0).sum(1).float() / n_dev.float()).cpu()
+        result.history.append((step, err))
+        fit_step[(err == 0) & (fit_step < 0)] = step
+        done = (margin >= 1).all(dim=1).cpu()
+        retired_step[done & (retired_step < 0)] = step
+        if callback is None:
+            active = torch.nonzero(~done.to(device)).flatten()
+
+    for step in range(steps):
+        if callback is not None and callback_every > 0 and step % callback_every == 0:
+            callback(step, model)
+        if eval_every > 0 and step % eval_every == 0:
+            evaluate(step)
+            if len(active) == 0:
+                result.steps_run = step
+                return result
+        if step % chunk_steps == 0:  # per-model mini-batch indices, from each model's own generator
+            length = min(chunk_steps, steps - step)
+            idx_chunk = torch.stack([torch.randint(int(n[k]), (length, batch), generator=g)
+                                     for k, g in enumerate(generators)]).to(device)   # [K, length, B]
+        idx = idx_chunk[active, step % chunk_steps]                                     # [K_act, B]
+        xb = X[active[:, None], idx]                                                    # [K_act, B, L, d]
+        yb = y[active[:, None], idx]
+        sub = {k: (v[active].detach().requires_grad_(k in trainable)) for k, v in full.items()}
+        loss = hinge(yb * model(xb, sub)).mean(dim=1).sum()
+        grads = torch.autograd.grad(loss, [sub[k] for k in trainable])
+        with torch.no_grad():
+            lr_a = lr[active]
+            for k, g_ in zip(trainable, grads):
+                full[k].index_add_(0, active, -lr_a.view(-1, *([1] * (g_.dim() - 1))) * g_)
+    if callback is not None and callback_every > 0:
+        callback(steps, model)
+    if eval_every > 0:
+        evaluate(steps)
+    return result

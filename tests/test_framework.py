@@ -1,0 +1,148 @@
+"""Configs, the CLI, run folders, resume after SIGKILL, report rebuilding, determinism."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import vitheory
+from vitheory.cli import main
+from vitheory.config import ConfigError
+from vitheory.experiments.base import get_experiment, registry, resolve_config
+
+SMOKE_FAST = ["--set", "N_grid=20,40", "--set", "cnn_N_grid=40", "--set", "steps=30", "--set", "n_test=100",
+              "--set", "d=8", "--set", "d_k=8", "--set", "m=16", "--set", "L=12"]
+
+
+def test_registry_lists_paper1_experiments():
+    names = list(registry())
+    for n in ("sample-complexity", "noise-and-init", "attention-concentration", "iterations", "sparsification"):
+        assert n in names
+    for exp in registry().values():
+        assert exp.paper and exp.figure and exp.claim
+        for scale in ("smoke", "default", "paper"):
+            resolve_config(exp, scale)          # every preset is a valid config
+
+
+def test_list_command(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "sample-complexity" in out and "Li" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "nope"], "unknown experiment 'nope'"),
+    (["run", "sample-complexity", "--set", "alpha_conf=0.9", "--set", "inv_alpha2=1.0"], "alpha_conf"),
+    (["run", "sample-complexity", "--set", "alpha_conf=0.3", "--set", "inv_alpha2=9"], "must exceed alpha_conf"),
+    (["run", "sample-complexity", "--set", "L=0"], "L=0 is out of range"),
+    (["run", "sample-complexity", "--set", "tau=-1"], "tau=-1.0 is out of range"),
+    (["run", "sample-complexity", "--set", "bogus=3"], "unknown parameter 'bogus'"),
+    (["run", "sample-complexity", "--set", "steps=ten"], "wrong type"),
+    (["run", "sample-complexity", "--set", "noise=uniform"], "noise"),
+    (["run", "sample-complexity", "--set", "steps"], "key=value"),
+    (["run", "sample-complexity", "--scale", "huge"], "invalid choice"),
+    (["run", "sample-complexity", "--seeds", "0"], "--seeds=0 is out of range"),
+    (["run", "attention-concentration", "--set", "alpha_star=0.7", "--set", "alpha_conf=0.4"], "> 1"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / "run"
+    assert main(args + ["--out", str(out)] if args[0] == "run" and "--out" not in args else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert not out.exists()
+
+
+def test_alpha_sum_above_one_is_rejected():
+    with pytest.raises(ConfigError, match="alpha_conf"):
+        resolve_config(get_experiment("sample-complexity"), "smoke", {"inv_alpha2": "1.0", "alpha_conf": "0.5"})
+
+
+def test_run_folder_report_and_rebuild(tmp_path):
+    out = tmp_path / "sc"
+    assert main(["run", "sample-complexity", "--scale", "smoke", *SMOKE_FAST, "--out", str(out), "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["experiment"] == "sample-complexity" and cfg["config"]["steps"] == 30
+    con = sqlite3.connect(out / "results.sqlite")
+    rows = con.execute("SELECT params, metrics FROM trials").fetchall()
+    n_expected = len(get_experiment("sample-complexity").trials(
+        resolve_config(get_experiment("sample-complexity"), "smoke",
+                       dict(a.split("=", 1) for a in SMOKE_FAST[1::2]))))
+    assert len(rows) == n_expected
+    params, metrics = json.loads(rows[0][0]), json.loads(rows[0][1])
+    assert {"seed", "alpha_star", "N", "tau", "lr"} <= set(params) and "test_error" in metrics
+    report = (out / "report.md").read_text()
+    assert "alpha_*^-2" in report and "N_min" in report
+    assert (out / "figures" / "sample_complexity_heatmap.png").is_file()
+    assert (out / "figures" / "sample_complexity_heatmap.pdf").is_file()
+    # the report is rebuilt from stored results only
+    (out / "report.md").unlink()
+    for f in (out / "figures").iterdir():
+        f.unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+    # a second run of the same command computes nothing new
+    before = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    t0 = time.perf_counter()
+    assert main(["run", "sample-complexity", "--scale", "smoke", *SMOKE_FAST, "--out", str(out), "--quiet"]) == 0
+    assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == before
+    # a different config refuses to mix into the same folder
+    assert main(["run", "sample-complexity", "--scale", "smoke", *SMOKE_FAST, "--set", "tau=0.2",
+                 "--out", str(out), "--quiet"]) == 2
+
+
+def test_report_on_missing_or_corrupt_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert main(["report", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_same_seed_same_numbers():
+    kw = dict(scale="smoke", overrides=dict(a.split("=", 1) for a in SMOKE_FAST[1::2]), progress=False)
+    a = vitheory.run("sample-complexity", **kw)
+    b = vitheory.run("sample-complexity", **kw)
+    assert len(a) > 0
+    assert a["test_error"].tolist() == b["test_error"].tolist()
+    assert a["test_loss"].tolist() == b["test_loss"].tolist()
+
+
+def test_resume_after_sigkill(tmp_path):
+    """Kill a sweep with SIGKILL mid-way; re-running ends with every trial present exactly once."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vitheory.cli", "run", "sample-complexity", "--scale", "smoke", *SMOKE_FAST,
+           "--set", "batch_models=1", "--set", "steps=60", "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env)
+    db = out / "results.sqlite"
+    deadline = time.time() + 120
+    n = 0
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if db.is_file():
+            try:
+                n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if n >= 3:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert n >= 3, "the run never stored a trial"
+    con = sqlite3.connect(db)
+    partial = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    exp = get_experiment("sample-complexity")
+    cfg = resolve_config(exp, "smoke", {**dict(a.split("=", 1) for a in SMOKE_FAST[1::2]),
+                                        "batch_models": 1, "steps": 60})
+    total = len(exp.trials(cfg))
+    assert partial < total, "the run finished before it was killed; nothing was tested"
+    assert subprocess.run(cmd, env=env).returncode == 0
+    keys = [k for (k,) in con.execute("SELECT key FROM trials")]
+    assert len(keys) == total == len(set(keys))
+    assert (out / "report.md").is_file()
