@@ -25,6 +25,9 @@ from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
 from vitheory.train.sgd import hinge, predict, train_hinge_sgd
 
 PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
+# a tiny version of every paper-1 experiment: runs in seconds, used by the tests
+SMOKE = {"d": 16, "d_k": 8, "d_v": 8, "m": 32, "L": 20, "tau": 1.5, "n_test": 100, "eval_every": 20, "seeds": 2}
+
 PER_TRIAL = ("model", "alpha_star", "alpha_conf", "N", "tau", "sigma", "delta", "lr", "L", "m")
 
 # generator streams of a trial
@@ -39,12 +42,12 @@ def generator(seed: int, stream: int) -> torch.Generator:
 class ShallowConfig:
     """Knobs shared by the paper-1 experiments.  Values marked [project choice] are not in the paper."""
     # data model
-    d: int = knob(64, "token dimension (patterns span M of the d dimensions; noise uses all d)", True)
+    d: int = knob(256, "token dimension (patterns span M of the d dimensions; noise uses all d)", True)
     M: int = knob(4, "number of patterns: 2 discriminative + M-2 label-irrelevant", True)
-    L: int = knob(32, "tokens per sample", True)
+    L: int = knob(16, "tokens per sample", True)
     alpha_conf: float = knob(0.04, "average fraction alpha_# of confusion tokens", True)
-    tau: float = knob(3.25, "token noise level: ||z|| <= tau (bounded) or z ~ N(0, tau^2/d I)", True)
-    noise: Literal["bounded", "gaussian"] = knob("bounded", "token noise distribution", True)
+    tau: float = knob(3.0, "token noise level: ||z|| <= tau (bounded) or z ~ N(0, tau^2/d I)", True)
+    noise: Literal["bounded", "gaussian"] = knob("gaussian", "token noise distribution", True)
     counts: Literal["stochastic", "deterministic"] = knob("stochastic", "how per-sample token counts realise alpha*, alpha#", True)
     pattern_kind: Literal["orthonormal", "random"] = knob("orthonormal", "pattern geometry", True)
     pattern_norm: float = knob(1.0, "norm of every pattern", True)

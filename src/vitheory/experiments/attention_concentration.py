@@ -147,7 +147,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     group_key=S.group_key,
     max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {"steps": 40, "log_every": 10, "seeds": 2, "N": 40, "n_test": 100, "probe_size": 16,
+    scales={"smoke": {**S.SMOKE, "steps": 40, "log_every": 10, "seeds": 2, "N": 40, "n_test": 100, "probe_size": 16,
                       "lr_grid": (0.2, 0.5)},
             "default": {},
             "paper": {"steps": 500, "seeds": 20, "lr_grid": (0.05, 0.1, 0.2, 0.5, 1.0)}},

@@ -119,7 +119,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     group_key=S.group_key,
     max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {"N": 40, "steps": 60, "seeds": 2, "n_test": 100, "inv_alpha_grid": (2.0, 3.0, 3.5),
+    scales={"smoke": {**S.SMOKE, "N": 40, "steps": 60, "seeds": 2, "n_test": 100, "inv_alpha_grid": (2.0, 3.0, 3.5),
                       "lr_grid": (0.1, 0.2, 0.4), "eval_every": 5},
             "default": {},
             "paper": {"seeds": 20, "inv_alpha_grid": (2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5),

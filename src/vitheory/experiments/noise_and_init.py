@@ -52,12 +52,15 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
     return S.train_trials(cfg, batch, device)[0]
 
 
-def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max: int) -> Claim:
+def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max: int, grid_min: int) -> Claim:
     vals = tab["value"].to_numpy(float)
     # a value that never reaches the threshold has N_min > grid max: rank it above every found value
     nmin = np.array([np.inf if v is None or pd.isna(v) else float(v) for v in tab["N_min"]])
     from scipy import stats
     shown = ", ".join(f"{name}={v:g}: {'>' + str(grid_max) if np.isinf(n) else int(n)}" for v, n in zip(vals, nmin))
+    if np.all(nmin == grid_min):
+        return Claim(cid, stmt, None, f"N_min: {shown}; every value already succeeds at the smallest N of the grid, "
+                     "so the grid cannot resolve a difference.")
     if np.isinf(nmin).all():
         return Claim(cid, stmt, None, f"N_min: {shown}; no value reached the threshold within the grid.")
     ranks = stats.rankdata(np.where(np.isinf(nmin), grid_max * 10, nmin))
@@ -81,7 +84,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         tab = tab.merge(rates.reset_index(), on="value")
         tab.columns = [f"success@N={c}" if isinstance(c, (int, np.integer)) else c for c in tab.columns]
         a.tables[f"N_min against {sweep} (alpha_* = {cfg.alpha_star:g})"] = tab
-        a.claims.append(_monotone_claim(cid, stmt, tab, sweep, max(cfg.N_grid)))
+        a.claims.append(_monotone_claim(cid, stmt, tab, sweep, max(cfg.N_grid), min(cfg.N_grid)))
     a.notes.append(f"defaults held fixed: tau = {cfg.tau:g} in the sigma sweep, sigma = {cfg.sigma:g} in the tau sweep; "
                    f"success = zero errors on {cfg.n_test} fresh test samples.")
     return a
@@ -116,7 +119,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     group_key=S.group_key,
     max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {"N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "seeds": 2,
+    scales={"smoke": {**S.SMOKE, "N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "seeds": 2,
                       "steps": 60, "n_test": 100, "eval_every": 20},
             "default": {},
             "paper": {"N_grid": (20, 40, 60, 80, 120, 160, 240, 320, 400), "seeds": 20,

@@ -165,7 +165,7 @@ EXPERIMENT = Experiment(
     group_key=S.group_key,
     max_batch=lambda cfg: cfg.batch_models,
     scales={
-        "smoke": {"inv_alpha2": (4.0, 9.0, 14.0), "N_grid": (20, 60), "cnn_inv_alpha4": (120.0, 200.0),
+        "smoke": {**S.SMOKE, "inv_alpha2": (4.0, 9.0, 14.0), "N_grid": (20, 60), "cnn_inv_alpha4": (120.0, 200.0),
                   "cnn_N_grid": (40, 120), "seeds": 2, "steps": 60, "n_test": 200, "eval_every": 20},
         "default": {},
         "paper": {"inv_alpha2": tuple(float(v) for v in range(4, 15)), "N_grid": tuple(range(40, 401, 40)),

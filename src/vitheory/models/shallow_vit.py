@@ -80,22 +80,29 @@ class ShallowViT(nn.Module):
     def K(self) -> int:
         return self.W_Q.shape[0]
 
-    def attention(self, X: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """softmax_s(x_s^T W_K^T W_Q x_l): [K, B, L(query l), L(key s)]."""
-        P = self.params() if params is None else params
-        q = torch.einsum("kbld,ked->kble", X, P["W_Q"])                  # W_Q x_l   [K,B,L,d_k]
-        k = torch.einsum("kbld,ked->kble", X, P["W_K"])                  # W_K x_s   [K,B,L,d_k]
-        scores = q @ k.transpose(-1, -2)                                  # [K,B,L,L]
+    def _qkv(self, X: torch.Tensor, P: dict[str, torch.Tensor]):
+        # one matmul for W_Q x, W_K x, W_V x: d is the large dimension, so this is most of the cost
+        W = torch.cat([P["W_Q"], P["W_K"], P["W_V"]], dim=1)                # [K, 2 d_k + d_v, d]
+        qkv = torch.einsum("kbld,ked->kble", X, W)                         # [K,B,L,2 d_k + d_v]
+        dk = self.cfg.d_k
+        return qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
+
+    def _softmax_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-1, -2)                                  # [K,B,L(query),L(key)]
         if self.cfg.scale_scores:
             scores = scores / self.cfg.d_k ** 0.5
         return scores.softmax(dim=-1)
 
+    def attention(self, X: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """softmax_s(x_s^T W_K^T W_Q x_l): [K, B, L(query l), L(key s)]."""
+        q, k, _ = self._qkv(X, self.params() if params is None else params)
+        return self._softmax_scores(q, k)
+
     def token_outputs(self, X: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """a^T ReLU(W_O W_V X softmax(.)) for every query token l: [K, B, L]."""
         P = self.params() if params is None else params
-        attn = self.attention(X, P)
-        v = torch.einsum("kbld,ked->kble", X, P["W_V"])                  # W_V x_s   [K,B,L,d_v]
-        z = attn @ v                                                      # [K,B,L,d_v]
+        q, k, v = self._qkv(X, P)                                         # W_Q x_l, W_K x_s, W_V x_s
+        z = self._softmax_scores(q, k) @ v                                # [K,B,L,d_v]
         h = torch.relu(torch.einsum("kble,kme->kblm", z, P["W_O"]))      # [K,B,L,m]
         return torch.einsum("kblm,km->kbl", h, P["a"])
 

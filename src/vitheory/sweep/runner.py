@@ -17,6 +17,7 @@ import pandas as pd
 from vitheory import __version__
 from vitheory.config import ConfigError, config_to_dict
 from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
+from vitheory.sweep.progress import set_reporter
 from vitheory.sweep.store import Store, trial_key
 
 
@@ -45,11 +46,17 @@ def plan_batches(exp: Experiment, cfg, trials: list[dict]) -> list[list[dict]]:
     return out
 
 
+def _advance(bar, value: float) -> None:
+    bar.n = round(value, 1)
+    bar.refresh()
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
 
 
 def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
@@ -111,7 +118,15 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
             bar.update(len(trials) - len(todo))
         for batch in plan_batches(exp, cfg, todo):
             t0 = time.perf_counter()
-            metrics = exp.run_trials(cfg, batch, dev)
+            if bar is not None:
+                start = bar.n
+                set_reporter(lambda f, start=start, size=len(batch): _advance(bar, start + f * size))
+            try:
+                metrics = exp.run_trials(cfg, batch, dev)
+            finally:
+                set_reporter(None)
+            if bar is not None:
+                _advance(bar, start)
             per = (time.perf_counter() - t0) / len(batch)
             store.insert_many(exp.name, [(trial_key(exp.name, t), {**cfg_dict, **t}, m, per)
                                          for t, m in zip(batch, metrics)])

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vitheory.sweep import progress
+
 
 def hinge(yF: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1.0 - yF, min=0.0)
@@ -77,6 +79,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
             active = torch.nonzero(~done.to(device)).flatten()
 
     for step in range(steps):
+        if step % 10 == 0:
+            progress.report(0.9 * step / steps)
         if callback is not None and callback_every > 0 and step % callback_every == 0:
             callback(step, model)
         if eval_every > 0 and step % eval_every == 0:
