@@ -109,11 +109,15 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
                           + ". Rule: p >= 0.9 for every eta (log-log fit of the pre-plateau gap)."))
     if len(tab) >= 2:
         fl = tab["floor 1-A_inf"].to_numpy()
-        dec = bool(np.all(np.diff(fl) >= -0.005))
+        se = float(np.sqrt((tab["A_inf sd"].to_numpy() ** 2).mean() / max(cfg.seeds, 1)))
+        rise = float(fl[-1] - fl[0])
         a.claims.append(Claim("S4-floor", "The floor 1 - A_inf (~ eta^C) shrinks when eta is reduced",
-                              dec, "floor per eta (ascending eta): " + ", ".join(f"{v:.3f}" for v in fl) +
-                              f". Rule: non-decreasing in eta (tolerance 0.005). All runs use T = {cfg.steps} iterations; "
-                              "smaller eta also moves more slowly, so at a fixed T its curve may not have reached its plateau."))
+                              bool(rise > 2 * se and np.all(np.diff(fl) >= -se)),
+                              "floor per eta (ascending eta): " + ", ".join(f"{v:.3f}" for v in fl) +
+                              f"; floor(largest eta) - floor(smallest eta) = {rise:.4f}, standard error of a "
+                              f"floor ~ {se:.4f}. Rule: the difference exceeds 2 standard errors and the floor never "
+                              f"falls by more than one standard error as eta grows. All runs use T = {cfg.steps} "
+                              "iterations; hinge-loss SGD stops moving once every training margin is >= 1."))
     a.notes.append("Paper (Figure 2a, read off the figure): A rises from 0.54 to a plateau of about 0.91 by iteration 50.")
     return a
 

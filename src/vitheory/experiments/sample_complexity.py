@@ -91,6 +91,26 @@ def _claim(model: str, predicted: int, fit: dict, tab: pd.DataFrame, grid_max: i
     return Claim(f"{model}-law", stmt, verdict, ev)
 
 
+def _more_samples_claim(df: pd.DataFrame) -> Claim:
+    """At each alpha_* of the CNN grid: the CNN's best success rate (any N of its grid, up to twice the ViT's
+    largest N) against the ViT's success rate at its largest N, for the nearest alpha_* of the ViT grid."""
+    vit, cnn = df[df["model"] == "vit"], df[df["model"] == "cnn"]
+    v_alphas = np.array(sorted(vit["alpha_star"].unique()))
+    parts, worse = [], []
+    for a_c, g in cnn.groupby("alpha_star"):
+        a_v = v_alphas[np.argmin(np.abs(v_alphas - a_c))]
+        gv = vit[vit["alpha_star"] == a_v]
+        v_rate = float(gv[gv["N"] == gv["N"].max()]["success"].mean())
+        c_rate = float(g.groupby("N")["success"].mean().max())
+        worse.append(c_rate < v_rate)
+        parts.append(f"alpha_*={a_c:.3f}: CNN best {c_rate:.2f} (N <= {int(g['N'].max())}) vs ViT {v_rate:.2f} "
+                     f"(N = {int(gv['N'].max())}, alpha_*={a_v:.3f})")
+    return Claim("cnn-needs-more", "At equal alpha_*, the CNN needs more samples than the ViT (Proposition 1)",
+                 bool(all(worse)) if worse else None,
+                 "; ".join(parts) + ". Rule: at every alpha_* of the CNN grid the CNN's best success rate is below "
+                 "the ViT's at the nearest alpha_*.")
+
+
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     a = Analysis()
     tab, fit = _boundary(cfg, df, "vit", 2)
@@ -109,11 +129,12 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         # Proposition 1 compares the two at equal alpha_*: where both boundaries exist, compare slopes
         if "slope" in fit and "slope" in cfit:
             steeper = cfit["slope_lo"] > fit["slope_hi"]
-            a.claims.append(Claim("cnn-vs-vit", "The CNN's sample complexity grows faster in 1/alpha_* than the ViT's",
+            a.claims.append(Claim("cnn-vs-vit-slope", "The CNN's sample complexity grows faster in 1/alpha_* than the ViT's",
                                   bool(steeper),
                                   f"CNN slope {cfit['slope']:.2f} [{cfit['slope_lo']:.2f}, {cfit['slope_hi']:.2f}] vs "
                                   f"ViT slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]; "
                                   "rule: supported if the CIs are disjoint with the CNN above."))
+        a.claims.append(_more_samples_claim(df))
     alphas = df.loc[df["model"] == "vit", "alpha_star"]
     a.notes += S.theory_conditions(cfg, float(alphas.min()), int(df["N"].max()))
     a.notes.append(f"success = zero errors on {cfg.n_test} fresh test samples; N_min = smallest N with success "

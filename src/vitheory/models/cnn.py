@@ -50,9 +50,12 @@ class TokenCNN(nn.Module):
         P = self.params() if params is None else params
         K, B, L, d = X.shape
         r = self.cfg.kernel
-        win = X.unfold(2, r, 1)                                     # [K,B,L-r+1,d,r]
-        win = win.transpose(-1, -2).reshape(K, B, L - r + 1, r * d)  # [x_p; ...; x_{p+r-1}]
-        h = torch.relu(torch.einsum("kbpi,kmi->kbpm", win, P["W"]))
+        # W [x_p; ...; x_{p+r-1}] = sum_j W_j x_{p+j}: project every token once per offset j instead of
+        # materialising the [K, B, L-r+1, r d] windows (a large copy when d is large)
+        Wj = P["W"].view(K, -1, r, d)                                       # [K, m, r, d]
+        proj = torch.einsum("kbld,kmjd->kbljm", X, Wj)                      # [K,B,L,r,m]
+        pre = sum(proj[:, :, j:L - r + 1 + j, j] for j in range(r))         # [K,B,L-r+1,m]
+        h = torch.relu(pre)
         return torch.einsum("kbpm,km->kbp", h, P["a"]).mean(-1)
 
     def num_parameters(self) -> int:
