@@ -50,7 +50,7 @@ def bench_batched(K: int, steps: int) -> None:
         train_hinge_sgd(m1, X1, y1, n1, steps=steps, batch=cfg.batch, lr=lr1, generators=g1)
         t_single += time.perf_counter() - t0
         for name, p in m1.params().items():
-            max_diff = max(max_diff, float((p[0] - model.params()[name][k]).abs().max()))
+            max_diff = max(max_diff, float((p[0] - model.params()[name][k]).detach().abs().max()))
     print(f"K={K} models, {steps} SGD steps each (d={cfg.d}, L={cfg.L}, m={cfg.m}, B={cfg.batch}), "
           f"torch threads={torch.get_num_threads()}")
     print(f"  batched : {t_batched:8.2f} s")

@@ -95,13 +95,19 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         idx = idx_chunk[active, step % chunk_steps]                                     # [K_act, B]
         xb = X[active[:, None], idx]                                                    # [K_act, B, L, d]
         yb = y[active[:, None], idx]
-        sub = {k: (v[active].detach().requires_grad_(k in trainable)) for k, v in full.items()}
+        everyone = len(active) == K
+        # while every model is active, differentiate the parameters in place (no gather/scatter copies)
+        sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable)) for k, v in full.items()}
         loss = hinge(yb * model(xb, sub)).mean(dim=1).sum()
         grads = torch.autograd.grad(loss, [sub[k] for k in trainable])
         with torch.no_grad():
-            lr_a = lr[active]
+            lr_a = lr if everyone else lr[active]
             for k, g_ in zip(trainable, grads):
-                full[k].index_add_(0, active, -lr_a.view(-1, *([1] * (g_.dim() - 1))) * g_)
+                step_ = lr_a.view(-1, *([1] * (g_.dim() - 1))) * g_
+                if everyone:
+                    full[k].sub_(step_)
+                else:
+                    full[k].index_add_(0, active, -step_)
     if callback is not None and callback_every > 0:
         callback(steps, model)
     if eval_every > 0:
