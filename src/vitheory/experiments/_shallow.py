@@ -246,19 +246,38 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
 # --------------------------------------------------------------------------------------------------
 # analysis helpers
 # --------------------------------------------------------------------------------------------------
+def isotonic_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    blocks = [[float(v), float(wt), 1] for v, wt in zip(y, w)]
+    i = 0
+    while i < len(blocks) - 1:
+        if blocks[i][0] > blocks[i + 1][0]:
+            a, b = blocks[i], blocks[i + 1]
+            wt = a[1] + b[1]
+            blocks[i] = [(a[0] * a[1] + b[0] * b[1]) / wt, wt, a[2] + b[2]]
+            del blocks[i + 1]
+            i = max(i - 1, 0)
+        else:
+            i += 1
+    return np.concatenate([[v] * n for v, _, n in blocks])
+
+
 def n_min_table(df, by: str, success_rate: float = 0.95):
-    """Smallest N whose success rate >= ``success_rate`` (and stays so for every larger N tested), per ``by``."""
+    """Phase boundary per value of ``by``: the smallest N whose success rate reaches ``success_rate``.
+
+    Success rates are estimated from few trials per cell, so a single unlucky trial at a large N would
+    otherwise move the boundary; the rates are first fitted by a non-decreasing function of N (isotonic
+    regression weighted by trials per cell: more data never hurts) and N_min is read off that fit
+    (project choice).  ``max_rate`` is the largest raw success rate of the row.
+    """
     import pandas as pd
     rows = []
     for val, sub in df.groupby(by):
-        rates = sub.groupby("N")["success"].mean().sort_index()
-        ok = rates >= success_rate
-        nmin = None
-        for N in rates.index:
-            if ok.loc[N:].all():
-                nmin = int(N)
-                break
-        rows.append({by: val, "N_min": nmin, "max_rate": float(rates.max())})
+        g = sub.groupby("N")["success"].agg(["mean", "count"]).sort_index()
+        fit = isotonic_increasing(g["mean"].to_numpy(float), g["count"].to_numpy(float))
+        hit = np.nonzero(fit >= success_rate - 1e-12)[0]
+        rows.append({by: val, "N_min": int(g.index[hit[0]]) if len(hit) else None,
+                     "max_rate": float(g["mean"].max())})
     return pd.DataFrame(rows)
 
 
@@ -269,6 +288,9 @@ def loglog_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
     y = np.asarray(y, float)
     out = {"n_points": int(len(x))}
     if len(x) < 3:
+        return out
+    if np.ptp(np.log(y)) == 0 or np.ptp(np.log(x)) == 0:
+        out.update(slope=0.0, slope_lo=float("nan"), slope_hi=float("nan"), loglog_r2=float("nan"), degenerate=True)
         return out
     r = stats.linregress(np.log(x), np.log(y))
     t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
@@ -281,7 +303,7 @@ def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
     from scipy import stats
     x = np.asarray(x, float)
     y = np.asarray(y, float)
-    if len(x) < 3:
+    if len(x) < 3 or np.ptp(y) == 0:
         return {"n_points": int(len(x))}
     r = stats.linregress(x, y)
     t = stats.t.ppf(0.5 + level / 2, len(x) - 2)

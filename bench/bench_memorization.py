@@ -1,0 +1,96 @@
+"""Throughput of the memorization trainer: batched query-row training against one model at a time with full
+attention (issue 4).
+
+For each context type, the models of one group of the default memorization-heads scale (every T of the grid x
+every seed, at one H) are trained for the same number of steps with the same hyperparameters, four ways:
+
+  batched / query_row : all K models as one tensor program, only the query row of attention (vitheory's path)
+  batched / full      : all K models as one program, full (n+1) x (n+1) attention
+  single  / query_row : one model at a time, query row only
+  single  / full      : one model at a time, full attention over all positions (the reference's program shape)
+
+Throughput = model-steps per second (a model-step is one Adam step of one model on a batch of 256).  The single
+runs train ``--single-models`` of the K models and are scaled to K (every model runs the same number of steps;
+early stop is off).  Run:
+
+    .venv/bin/python bench/bench_memorization.py                  # default scale, both contexts, H=8
+    .venv/bin/python bench/bench_memorization.py --H 4 --steps 300 --json /tmp/bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import torch
+
+from vitheory.experiments.base import get_experiment, resolve_config
+from vitheory.experiments.memorization_common import build_models, make_data, make_trials
+from vitheory.train.memorize import memorize
+
+
+def run(cfg, trials, attention: str, steps: int, device: str) -> float:
+    """Seconds to train ``trials`` as one batch for ``steps`` steps (evaluation at steps 0 and ``steps``)."""
+    tc = cfg.train_config()
+    tc = dataclasses.replace(tc, min_train_steps=steps, max_train_steps=steps, train_epochs=0, eval_every=steps,
+                             early_stop=False, attention=attention)
+    datasets = [make_data(cfg, t) for t in trials]
+    model = build_models(cfg, trials, device)
+    t0 = time.perf_counter()
+    res = memorize(model, datasets, [t["seed"] for t in trials], tc)
+    dt = time.perf_counter() - t0
+    assert res.model_steps == steps * len(trials)
+    return dt
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--contexts", default="shared,random")
+    p.add_argument("--H", type=int, default=8, help="heads of the benchmarked group")
+    p.add_argument("--steps", type=int, default=200, help="training steps per model")
+    p.add_argument("--single-models", type=int, default=2, help="models timed one at a time (scaled to K)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = resolve_config(get_experiment("memorization-heads"), "default",
+                         {"contexts": args.contexts, "heads": str(args.H)})
+    results = []
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
+          f"device={args.device}, load average {os.getloadavg()[0]:.2f}")
+    print(f"default scale: d={cfg.d}, n={cfg.n}, H={args.H}, d_h={cfg.d}, batch={cfg.batch_size}, "
+          f"steps={args.steps}")
+    print("| context | K models | program | attention | seconds (K models) | model-steps/s | vs single/full |")
+    print("|---|---|---|---|---|---|---|")
+    for context in cfg.contexts:
+        trials = [t for t in make_trials(cfg, [{"H": args.H, "n": cfg.n, "d_head": cfg.d}]) if t["context"] == context]
+        K = len(trials)
+        timings = {}
+        for program in ("single", "batched"):
+            for attention in ("full", "query_row"):
+                if program == "batched":
+                    sec = run(cfg, trials, attention, args.steps, args.device)
+                else:
+                    m = min(args.single_models, K)
+                    sec = sum(run(cfg, [t], attention, args.steps, args.device) for t in trials[:m]) * K / m
+                timings[(program, attention)] = sec
+        base = timings[("single", "full")]
+        for (program, attention), sec in timings.items():
+            thr = K * args.steps / sec
+            row = {"context": context, "K": K, "H": args.H, "program": program, "attention": attention,
+                   "seconds": sec, "model_steps_per_s": thr, "speedup": base / sec}
+            results.append(row)
+            print(f"| {context} | {K} | {program} | {attention} | {sec:.1f} | {thr:.0f} | {base / sec:.1f}x |",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "torch": torch.__version__, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
