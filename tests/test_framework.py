@@ -21,7 +21,8 @@ SMOKE_FAST = ["--set", "N_grid=20,40", "--set", "cnn_N_grid=40", "--set", "steps
 
 def test_registry_lists_paper1_experiments():
     names = list(registry())
-    for n in ("sample-complexity", "noise-and-init", "attention-concentration", "iterations", "sparsification"):
+    for n in ("sample-complexity", "noise-and-init", "attention-concentration", "iterations", "sparsification",
+              "assumptions-table", "memorization-heads", "memorization-context", "memorization-head-dim", "saturation"):
         assert n in names
     for exp in registry().values():
         assert exp.paper and exp.figure and exp.claim

@@ -5,6 +5,8 @@
     vitheory run EXPERIMENT [--scale smoke|default|paper] [--set key=value ...] [--seeds K] [--out DIR]
     vitheory report DIR
     vitheory reproduce [--scale ...] [--out DIR] [--only a,b]
+    vitheory kruskal FILE.npy|FILE.pt [--exact | --samples S --k K] [--tol X]
+    vitheory assumptions FILE [--query-index I]
 
 Bad input ends with a one-line ``error: ...`` naming the parameter and the allowed range, exit code 2,
 before anything is written.
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_reproduce)
+
+    from vitheory.linalg.commands import add_commands as add_linalg_commands  # kruskal, assumptions
+    add_linalg_commands(sub)
     return p
 
 
