@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.vitheory-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" numpy 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -c "import torch" || { echo "error: torch==2.13.0 did not install" >&2; exit 1; }
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -c "import vitheory" || { echo "error: vitheory did not install" >&2; exit 1; }

@@ -22,6 +22,7 @@ from vitheory.config import ConfigError, check_choice, check_range, knob
 from vitheory.data.tokens import RELEVANT, TokenSamples, make_patterns, sample_tokens
 from vitheory.models.cnn import CNNConfig, TokenCNN, matched_width
 from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
+from vitheory.report.figures import save_figure  # noqa: F401  (used by the paper-1 experiments)
 from vitheory.train.sgd import hinge, predict, train_hinge_sgd
 
 PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
@@ -310,16 +311,6 @@ def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
     return {"n_points": int(len(x)), "slope": float(r.slope), "intercept": float(r.intercept),
             "slope_lo": float(r.slope - t * r.stderr), "slope_hi": float(r.slope + t * r.stderr),
             "r2": float(r.rvalue ** 2)}
-
-
-def save_figure(fig, fig_dir: str, name: str) -> str:
-    import os
-    fig.tight_layout()
-    fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=130)
-    fig.savefig(os.path.join(fig_dir, f"{name}.pdf"))
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return name
 
 
 def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:

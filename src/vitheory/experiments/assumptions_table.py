@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from vitheory.report.figures import save_figure
+
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
 from vitheory.experiments.base import Analysis, Claim, Experiment
 
@@ -530,7 +532,7 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         ax.set_title("Random attention [CLS]: sampled Kruskal-rank curve")
         ax.set_ylim(-0.03, 1.03)
         ax.legend(fontsize=8, loc="upper right")
-        names.append(_save(fig, fig_dir, "assumptions_kruskal_curve"))
+        names.append(save_figure(fig, fig_dir, "assumptions_kruskal_curve"))
     reps = [r for r in ROWS if ((df["representation"] == r) & df.get("gp_fraction", pd.Series(dtype=float)).notna()).any()]
     if reps:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
@@ -550,20 +552,9 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
             ax.set_ylim(0, 1.05)
         axes[0].set_ylabel("satisfied fraction")
         axes[0].legend(fontsize=7, loc="center left")
-        names.append(_save(fig, fig_dir, "assumptions_fractions"))
+        names.append(save_figure(fig, fig_dir, "assumptions_fractions"))
     del os
     return names
-
-
-def _save(fig, fig_dir: str, name: str) -> str:
-    import os
-
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=130)
-    fig.savefig(os.path.join(fig_dir, f"{name}.pdf"))
-    plt.close(fig)
-    return name
 
 
 EXPERIMENT = Experiment(

@@ -34,6 +34,8 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+
+from vitheory.report.figures import save_figure  # noqa: F401  (used by the memorization experiments)
 import torch
 
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
@@ -385,15 +387,6 @@ def assumptions_claim(df: pd.DataFrame) -> Claim:
 
 def fmt_pm(mean: float, std: float) -> str:
     return f"{mean:.1f}±{std:.1f}"
-
-
-def save_figure(fig, fig_dir: str, name: str) -> str:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=130)
-    fig.savefig(os.path.join(fig_dir, f"{name}.pdf"))
-    plt.close(fig)
-    return name
 
 
 def plot_capacity(cfg: MemConfig, df: pd.DataFrame, x: str, xlabel: str, fig_dir: str, name: str,
