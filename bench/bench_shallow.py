@@ -1,6 +1,6 @@
 """Benchmarks of the paper-1 trainer (results go to docs/benchmarks.md by hand, with this command).
 
-    python bench/bench_shallow.py batched [--K 200 --steps 50]
+    python bench/bench_shallow.py batched [--K 200 --steps 50] [--set d=16 ...]
         K models trained as one tensor program vs the same K models one at a time (same math, same
         steps, same data); prints both times, the speed-up and the largest parameter difference.
     python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
@@ -33,9 +33,10 @@ def _setup(cfg, trials, device="cpu"):
     return model, X, y, n, lr, gens
 
 
-def bench_batched(K: int, steps: int) -> None:
+def bench_batched(K: int, steps: int, sets: list[str] | None = None) -> None:
     # eval_every=0: no retirement, so both sides run exactly `steps` steps on every model
-    cfg = build_config(SCConfig, {"steps": steps, "eval_every": 0})
+    from vitheory.config import parse_overrides
+    cfg = build_config(SCConfig, {**parse_overrides(sets or []), "steps": steps, "eval_every": 0})
     trials = [{"model": "vit", "alpha_star": (4 + (k % 11)) ** -0.5, "N": 40 * (1 + k % 10), "seed": k}
               for k in range(K)]
     model, X, y, n, lr, gens = _setup(cfg, trials)
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("batched")
     b.add_argument("--K", type=int, default=200)
     b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--set", action="append", default=[], help="model/data overrides, e.g. d=16")
     g = sub.add_parser("grid")
     g.add_argument("--scale", default="paper")
     g.add_argument("--set", action="append", default=[])
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     g.add_argument("--out", default=None, help="keep the run folder here (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.what == "batched":
-        bench_batched(args.K, args.steps)
+        bench_batched(args.K, args.steps, args.set)
     else:
         bench_grid(args.scale, args.set, args.with_cnn, args.out)
     return 0
