@@ -46,9 +46,11 @@ def plan_batches(exp: Experiment, cfg, trials: list[dict]) -> list[list[dict]]:
     return out
 
 
-def _advance(bar, value: float) -> None:
-    bar.n = round(value, 1)
-    bar.refresh()
+def _advance(bar, value: float, force: bool = False) -> None:
+    """Move the bar to ``value`` trials; within a batch it only moves forward (a batch may train twice)."""
+    if force or value > bar.n:
+        bar.n = round(value, 1)
+        bar.refresh()
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -82,7 +84,7 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
             metrics = exp.run_trials(cfg, batch, dev)
             rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
             if bar is not None:
-                bar.update(len(batch))
+                _advance(bar, start + len(batch), force=True)
         if bar is not None:
             bar.close()
         return results_frame(rows)
@@ -125,13 +127,11 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
                 metrics = exp.run_trials(cfg, batch, dev)
             finally:
                 set_reporter(None)
-            if bar is not None:
-                _advance(bar, start)
             per = (time.perf_counter() - t0) / len(batch)
             store.insert_many(exp.name, [(trial_key(exp.name, t), {**cfg_dict, **t}, m, per)
                                          for t, m in zip(batch, metrics)])
             if bar is not None:
-                bar.update(len(batch))
+                _advance(bar, start + len(batch), force=True)
         if bar is not None:
             bar.close()
         wanted = {k for k, _ in keyed}
