@@ -301,16 +301,11 @@ def loglog_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
-    from scipy import stats
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    if len(x) < 3 or np.ptp(y) == 0:
+    """:func:`vitheory.report.stats.linear_fit`, with no fit at all when y is constant."""
+    from vitheory.report.stats import linear_fit as fit
+    if len(x) < 3 or np.ptp(np.asarray(y, float)) == 0:
         return {"n_points": int(len(x))}
-    r = stats.linregress(x, y)
-    t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
-    return {"n_points": int(len(x)), "slope": float(r.slope), "intercept": float(r.intercept),
-            "slope_lo": float(r.slope - t * r.stderr), "slope_hi": float(r.slope + t * r.stderr),
-            "r2": float(r.rvalue ** 2)}
+    return fit(x, y, level)
 
 
 def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:

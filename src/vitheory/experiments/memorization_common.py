@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from vitheory.report.figures import save_figure  # noqa: F401  (used by the memorization experiments)
+from vitheory.report.stats import linear_fit  # noqa: F401  (used by the memorization experiments)
 import torch
 
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
@@ -326,19 +327,6 @@ def mse_table(df: pd.DataFrame, x: str) -> pd.DataFrame:
     """Regression: mean training MSE (best evaluation) per (context, x, T)."""
     return (df.groupby(["context", x, "T"])["loss_best"].agg(["mean", "std", "count"]).reset_index()
             .rename(columns={"mean": "mse_mean", "std": "mse_std", "count": "seeds"}))
-
-
-def linear_fit(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> dict:
-    """Least squares y = a x + b with R^2 and a ``level`` t-interval on the slope (needs >= 3 points)."""
-    from scipy import stats
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0:
-        return {"n_points": int(len(x))}
-    r = stats.linregress(x, y)
-    t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
-    return {"n_points": int(len(x)), "slope": float(r.slope), "intercept": float(r.intercept),
-            "slope_lo": float(r.slope - t * r.stderr), "slope_hi": float(r.slope + t * r.stderr),
-            "r2": float(r.rvalue ** 2)}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
