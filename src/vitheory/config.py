@@ -9,7 +9,6 @@ the value must have the field's type).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -173,10 +172,6 @@ def build_config(cls, *layers: Mapping[str, Any]):
 
 def config_to_dict(cfg) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def config_from_json(cls, text: str):
-    return build_config(cls, json.loads(text))
 
 
 def describe_fields(cls) -> list[tuple[str, str, Any, str]]:

@@ -4,8 +4,9 @@
 experiment subclasses it with its own grid.  ``train_trials`` trains one batch of trials -- K models
 with the same shapes -- as one tensor program and returns their metrics.
 
-A trial dict may override any of the per-trial knobs in ``PER_TRIAL`` (e.g. ``alpha_star``, ``N``,
-``tau``, ``sigma``, ``lr``); everything else comes from the config.  Each trial draws its patterns,
+A trial dict may override the per-trial knobs read through ``trial_value`` (``model``, ``alpha_star``,
+``alpha_conf``, ``N``, ``tau``, ``sigma``, ``delta``, ``lr``, ``L``, ``m``); everything else comes from
+the config.  Each trial draws its patterns,
 training set, initial weights, mini-batches and test set from generators seeded by its own ``seed``,
 so its numbers do not depend on which other trials share its batch.
 """
@@ -29,7 +30,6 @@ PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
 # a tiny version of every paper-1 experiment: runs in seconds, used by the tests
 SMOKE = {"d": 16, "d_k": 8, "d_v": 8, "m": 32, "L": 20, "tau": 1.5, "n_test": 100, "eval_every": 20, "seeds": 2}
 
-PER_TRIAL = ("model", "alpha_star", "alpha_conf", "N", "tau", "sigma", "delta", "lr", "L", "m")
 
 # generator streams of a trial
 _PATTERNS, _TRAIN, _INIT, _SGD, _TEST, _PROBE = range(6)

@@ -140,6 +140,14 @@ def check_d_head(name: str, values: Iterable[int]) -> None:
     check_all_in_range(name, list(values), 1, 4096)
 
 
+def check_heads_n_d_head(cfg) -> None:
+    """The shape knobs shared by the experiments that sweep H at a fixed n and optional d_h."""
+    check_heads("heads", cfg.heads)
+    check_n("n", cfg.n, cfg.d)
+    if cfg.d_head is not None:
+        check_range("d_head", cfg.d_head, 1, 4096)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # trials and batching
 # ------------------------------------------------------------------------------------------------------------

@@ -37,10 +37,7 @@ class Config(C.MemConfig):
 
     def validate(self) -> None:
         super().validate()
-        C.check_heads("heads", self.heads)
-        C.check_n("n", self.n, self.d)
-        if self.d_head is not None:
-            check_range("d_head", self.d_head, 1, 4096)
+        C.check_heads_n_d_head(self)
         check_range("r2_min", self.r2_min, 0.0, 1.0)
 
 

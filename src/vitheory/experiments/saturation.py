@@ -42,10 +42,7 @@ class Config(C.MemConfig):
 
     def validate(self) -> None:
         super().validate()
-        C.check_heads("heads", self.heads)
-        C.check_n("n", self.n, self.d)
-        if self.d_head is not None:
-            check_range("d_head", self.d_head, 1, 4096)
+        C.check_heads_n_d_head(self)
         for name in ("T_shared", "T_random"):
             ctx = name.split("_")[1]
             if ctx in self.contexts and len(getattr(self, name)) != len(self.heads):

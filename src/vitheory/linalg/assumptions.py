@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.linalg.kruskal import (KruskalCurve, SampledCheck, _check_int, _check_mode, _device, as_vectors, check_tol,
+from vitheory.linalg.kruskal import (KruskalCurve, SampledCheck, rank_histogram, _check_int, _check_mode, _device, as_vectors, check_tol,
                                      decide_float64, decide_paper, default_curve_ks, default_tol,
                                      sampled_kruskal_curve, sampled_rank_check, small_lapack_threads)
 
@@ -191,7 +191,7 @@ def _context_ranks(X: np.ndarray, dtype: str, tol, mode, spectra, device, batch_
             n_fb += fb
     n_full = int(full.sum())
     known = rank >= 0
-    hist = {int(v): int(c) for v, c in zip(*np.unique(rank[known], return_counts=True))}
+    hist = rank_histogram(rank[known])
     have = full & np.isfinite(smin)
     notes = []
     if n > d:

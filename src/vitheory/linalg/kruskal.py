@@ -497,8 +497,8 @@ def _scan_level(U: np.ndarray, G: np.ndarray, L: int, tau: float, stats: _Stats,
     class _Found(Exception):
         pass
 
-    def settle(subsets: np.ndarray) -> None:
-        """Exact SVD of subsets whose Gram certificate failed; raises _Found on a dependent one."""
+    def exact_or_found(subsets: np.ndarray) -> np.ndarray:
+        """sigma_min of each subset by SVD; raises _Found (recording the witness) on a dependent one."""
         sig = _sigma_min_exact(U, subsets)
         stats.svds += len(subsets)
         dep = np.flatnonzero(sig <= tau)
@@ -506,6 +506,11 @@ def _scan_level(U: np.ndarray, G: np.ndarray, L: int, tau: float, stats: _Stats,
             out.dependent = tuple(int(i) for i in subsets[dep[0]])
             out.dep_sigma = float(sig[dep[0]])
             raise _Found
+        return sig
+
+    def settle(subsets: np.ndarray) -> None:
+        """Exact SVD of subsets whose Gram certificate failed; raises _Found on a dependent one."""
+        sig = exact_or_found(subsets)
         j = int(np.argmin(sig))
         if sig[j] < st["exact"][0]:
             st["exact"] = (float(sig[j]), tuple(int(i) for i in subsets[j]))
@@ -577,13 +582,7 @@ def _scan_level(U: np.ndarray, G: np.ndarray, L: int, tau: float, stats: _Stats,
                 if n_ok < len(nb):
                     bad = np.flatnonzero(~ok)
                     subs = np.concatenate([nb.idx[bad], np.full((len(bad), 1), c)], axis=1)
-                    sig = _sigma_min_exact(U, subs)
-                    stats.svds += len(subs)
-                    dep = np.flatnonzero(sig <= tau)
-                    if len(dep):
-                        out.dependent = tuple(int(i) for i in subs[dep[0]])
-                        out.dep_sigma = float(sig[dep[0]])
-                        raise _Found
+                    exact_or_found(subs)
                     for row in subs:
                         band_subtree(row)
                 if n_ok:
@@ -1148,6 +1147,11 @@ def _subsets_for(T: int, k: int, n_subsets: int, seed: int, subsets) -> tuple[np
     return random_subsets(T, k, n_subsets, seed), False
 
 
+def rank_histogram(ranks: np.ndarray) -> dict[int, int]:
+    """rank -> number of subsets (or matrices) with that rank."""
+    return {int(v): int(c) for v, c in zip(*np.unique(ranks, return_counts=True))}
+
+
 def sampled_rank_check(vectors: Any, k: int, n_subsets: int = 5000, tol: float | None = None, *,
                        seed: int = 0, mode: str = "float64", ranks: bool = True, spectra: bool = False,
                        ci_level: float = 0.95, device: Any = "cpu", subsets: Any = None,
@@ -1215,9 +1219,7 @@ def sampled_rank_check(vectors: Any, k: int, n_subsets: int = 5000, tol: float |
         n_fb += fb
     n_full = int(full.sum())
     known = rank >= 0
-    hist: dict[int, int] = {}
-    for v, c in zip(*np.unique(rank[known], return_counts=True)):
-        hist[int(v)] = int(c)
+    hist = rank_histogram(rank[known])
     lo, hi = (n_full / n, n_full / n) if exhaustive else clopper_pearson(n_full, n, ci_level)
     have_s = np.isfinite(smin)
     margin = float(smin[full & have_s].min()) if (full & have_s).any() and (spectra or mode == "paper") else None
