@@ -15,7 +15,7 @@ from vitheory.cli import main
 from vitheory.config import ConfigError
 from vitheory.experiments.base import get_experiment, registry, resolve_config
 
-SMOKE_FAST = ["--set", "N_grid=20,40", "--set", "cnn_N_grid=40", "--set", "steps=30", "--set", "n_test=100",
+SMOKE_FAST = ["--set", "N_grid=20,40", "--set", "steps=30", "--set", "n_test=100",
               "--set", "d=8", "--set", "d_k=8", "--set", "m=16", "--set", "L=12"]
 
 
@@ -39,7 +39,10 @@ def test_list_command(capsys):
 @pytest.mark.parametrize("args,needle", [
     (["run", "nope"], "unknown experiment 'nope'"),
     (["run", "sample-complexity", "--set", "alpha_conf=0.9", "--set", "inv_alpha2=1.0"], "alpha_conf"),
-    (["run", "sample-complexity", "--set", "alpha_conf=0.3", "--set", "inv_alpha2=9"], "must exceed alpha_conf"),
+    (["run", "sample-complexity", "--set", "alpha_conf=0.3", "--set", "inv_alpha2=14"], "must exceed alpha_conf"),
+    (["run", "cnn-sample-complexity", "--set", "alpha_conf=0.28"], "must exceed alpha_conf"),
+    (["run", "cnn-sample-complexity", "--set", "models=cnn,mlp"], "models="),
+    (["run", "cnn-sample-complexity", "--set", "inv_alpha2=4"], "unknown parameter 'inv_alpha2'"),
     (["run", "sample-complexity", "--set", "L=0"], "L=0 is out of range"),
     (["run", "sample-complexity", "--set", "tau=-1"], "tau=-1.0 is out of range"),
     (["run", "sample-complexity", "--set", "bogus=3"], "unknown parameter 'bogus'"),
@@ -147,3 +150,13 @@ def test_resume_after_sigkill(tmp_path):
     keys = [k for (k,) in con.execute("SELECT key FROM trials")]
     assert len(keys) == total == len(set(keys))
     assert (out / "report.md").is_file()
+
+
+def test_api_run_without_folder_shows_progress(capsys):
+    """The notebook call of the README: no run folder, progress bar on (the default)."""
+    df = vitheory.run("sample-complexity", scale="smoke",
+                      overrides={**dict(a.split("=", 1) for a in SMOKE_FAST[1::2])})
+    exp = get_experiment("sample-complexity")
+    cfg = resolve_config(exp, "smoke", {**dict(a.split("=", 1) for a in SMOKE_FAST[1::2])})
+    assert len(df) == len(exp.trials(cfg)) and set(df["model"]) == {"vit"}
+    assert "sample-complexity" in capsys.readouterr().err

@@ -122,6 +122,25 @@ def test_batched_training_equals_single_model_training():
         for name in ("W_Q", "W_K", "W_V", "W_O"):
             assert torch.allclose(getattr(batched, name)[k], getattr(single, name)[0], atol=1e-5, rtol=1e-5), name
         assert int(bres.fit_step[k]) == int(sres.fit_step[0])
+        assert int(bres.retired_step[k]) == int(sres.retired_step[0])
+        assert float(bres.train_error[k]) == float(sres.train_error[0])
+    assert (bres.retired_step >= 0).any(), "no model retired: the active-only evaluation was not exercised"
+
+
+def test_trials_sharing_a_test_set_get_the_numbers_they_get_alone():
+    """test_metrics draws a test set once for trials that differ only in N; the numbers must not change."""
+    from vitheory.experiments import _shallow as S
+    from vitheory.experiments.sample_complexity import Config
+    from vitheory.experiments.base import get_experiment, resolve_config
+    cfg = resolve_config(get_experiment("sample-complexity"), "smoke", {"n_test": "150"})
+    trials = [{"model": "vit", "alpha_star": a, "N": N, "seed": s} for s in (0, 1) for N in (20, 40) for a in (0.4, 0.5)]
+    batch, _, _, _ = S.train_trials(cfg, trials, "cpu")
+    for t, m in zip(trials, batch):
+        alone, _, _, _ = S.train_trials(cfg, [t], "cpu")
+        # the batch changes the float summation order (BLAS), not the data: errors equal, losses to rounding
+        assert alone[0]["test_error"] == m["test_error"]
+        assert abs(alone[0]["test_loss"] - m["test_loss"]) <= 1e-5 * max(1.0, abs(m["test_loss"]))
+        assert alone[0]["train_error"] == m["train_error"]
 
 
 def test_training_learns_and_attention_concentrates():

@@ -65,6 +65,7 @@ class ShallowConfig:
     cnn_kernel: int = knob(3, "CNN baseline: window size over the token sequence", True)
     # training
     lr: float = knob(0.5, "SGD step size eta", True)
+    lr_qk_scale: float = knob(1.0, "step size of W_Q, W_K relative to eta", True)
     batch: int = knob(16, "SGD mini-batch size B", True)
     steps: int = knob(800, "maximum SGD iterations T", True)
     eval_every: int = knob(50, "full training-set evaluation period (early stop once all margins >= 1)", True)
@@ -191,20 +192,36 @@ def stack_padded(samples: list[TokenSamples], device: str):
 
 @torch.no_grad()
 def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn=None,
-                 spurious_corr: float | None = 0.5, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+                 spurious_corr: float | None = 0.5, chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Test error (fraction) and mean hinge loss of each model on n_test fresh samples."""
     K = len(trials)
     errs = torch.zeros(K)
     loss = torch.zeros(K)
-    gens = [generator(t["seed"], _TEST) for t in trials]
+    # A trial's test set is a function of its seed and data-model values only (patterns and test
+    # samples come from the seed's own streams), so trials that differ only in N or the training
+    # knobs share it: draw each distinct test set once (same numbers, less work).
+    if keep_fn is None:
+        keys = [(t["seed"],) + tuple(trial_value(cfg, t, k) for k in ("L", "alpha_star", "alpha_conf", "tau"))
+                + (t.get("spurious_tokens", 0), t.get("spurious_corr", 0.5)) for t in trials]
+    else:
+        keys = list(range(K))
+    first: dict = {}
+    for k, key in enumerate(keys):
+        first.setdefault(key, k)
+    uniq = list(first.values())
+    which = torch.tensor([uniq.index(first[key]) for key in keys])
+    gens = [generator(trials[u]["seed"], _TEST) for u in uniq]
     done = 0
     while done < cfg.n_test:
         n = min(chunk, cfg.n_test - done)
-        parts = [draw(cfg, t, p, n, g, spurious_corr=spurious_corr) for t, p, g in zip(trials, patterns, gens)]
+        parts = [draw(cfg, trials[u], patterns[u], n, g, spurious_corr=spurious_corr) for u, g in zip(uniq, gens)]
         if keep_fn is not None:
-            parts = [keep_fn(t, s) for t, s in zip(trials, parts)]
-        X = torch.stack([s.X for s in parts]).to(device)
-        y = torch.stack([s.y for s in parts]).to(device)
+            parts = [keep_fn(trials[u], s) for u, s in zip(uniq, parts)]
+        X = torch.stack([s.X for s in parts])
+        y = torch.stack([s.y for s in parts])
+        if len(uniq) < K:
+            X, y = X[which], y[which]
+        X, y = X.to(device), y.to(device)
         yF = (y * predict(model, X)).cpu()
         errs += (yF <= 0).sum(1)
         loss += hinge(yF).sum(1)
@@ -230,10 +247,14 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     lr = torch.tensor([float(trial_value(cfg, t, "lr")) for t in trials])
     res = train_hinge_sgd(model, X, y, n, steps=cfg.steps, batch=cfg.batch, lr=lr,
                           generators=[generator(t["seed"], _SGD) for t in trials], eval_every=cfg.eval_every,
-                          callback=callback, callback_every=callback_every)
-    F = predict(model, X)
-    valid = torch.arange(X.shape[1], device=X.device)[None] < n.to(X.device)[:, None]
-    train_err = (((y * F) <= 0) & valid).sum(1).float().cpu() / n.float()
+                          callback=callback, callback_every=callback_every,
+                          lr_scale={"W_Q": cfg.lr_qk_scale, "W_K": cfg.lr_qk_scale} if cfg.lr_qk_scale != 1 else None)
+    if res.train_error is not None:   # the trainer's last evaluation already measured it
+        train_err = res.train_error
+    else:
+        F = predict(model, X)
+        valid = torch.arange(X.shape[1], device=X.device)[None] < n.to(X.device)[:, None]
+        train_err = (((y * F) <= 0) & valid).sum(1).float().cpu() / n.float()
     test_err, test_loss = test_metrics(cfg, model, trials, patterns, device, keep_fn=keep_fn,
                                        spurious_corr=test_spurious_corr)
     metrics = []

@@ -81,7 +81,13 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
         rows = []
         bar = _progress(len(trials), exp.name, progress)
         for batch in plan_batches(exp, cfg, trials):
-            metrics = exp.run_trials(cfg, batch, dev)
+            start = bar.n if bar is not None else 0
+            if bar is not None:
+                set_reporter(lambda f, start=start, size=len(batch): _advance(bar, start + f * size))
+            try:
+                metrics = exp.run_trials(cfg, batch, dev)
+            finally:
+                set_reporter(None)
             rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
             if bar is not None:
                 _advance(bar, start + len(batch), force=True)

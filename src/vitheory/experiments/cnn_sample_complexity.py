@@ -1,0 +1,158 @@
+"""Figure 1b and Proposition 1 of Li et al. (ICLR 2023): a CNN of about the ViT's size needs
+N_min ~ alpha_*^-4, a factor alpha_*^-2 more samples than the shallow ViT.
+
+The grid is the paper's Figure 1b grid (alpha_*^-4 in 120..200, N in 80..800).  On every cell the CNN
+baseline (:mod:`vitheory.models.cnn`, a width-3 convolution over the token sequence with a parameter
+count matched to the ViT) *and* the shallow ViT are trained on the same data model, so Proposition 1's
+comparison at equal alpha_* is measured directly, not against another experiment's grid.  Success,
+N_min and the fits are those of ``sample-complexity`` (Figure 1a), whose calibration this experiment
+shares (tau = 2, sigma = 3, uniform attention at the start; [project choice], see that module).
+
+Claims: the CNN's N_min grows like alpha_*^-4 (log-log slope 4 against 1/alpha_*); at every alpha_* of the
+grid the CNN needs more samples than the ViT; the ratio N_min(CNN) / N_min(ViT) grows with 1/alpha_*
+(like alpha_*^-2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vitheory.config import ConfigError, check_all_in_range, knob
+from vitheory.experiments import _shallow as S
+from vitheory.experiments import sample_complexity as SC
+from vitheory.experiments.base import Analysis, Claim, Experiment
+
+MODELS = ("cnn", "vit")
+
+
+@dataclass(frozen=True)
+class Config(SC.Calibration):
+    inv_alpha4: tuple[float, ...] = knob((120.0, 140.0, 160.0, 180.0, 200.0), "grid of alpha_*^-4")
+    N_grid: tuple[int, ...] = knob((80, 160, 240, 320, 400, 480, 560, 640, 720, 800), "grid of N")
+    models: tuple[str, ...] = knob(MODELS, "models trained on every cell: cnn, vit (vit: the comparison)")
+
+    def validate(self) -> None:
+        super().validate()
+        check_all_in_range("inv_alpha4", self.inv_alpha4, 1.0, None)
+        check_all_in_range("N_grid", self.N_grid, 1, 10_000_000)
+        if not self.models or any(m not in MODELS for m in self.models) or len(set(self.models)) < len(self.models):
+            raise ConfigError(f"models={','.join(self.models)!r} is not allowed; choose cnn, vit or cnn,vit")
+        for v in self.inv_alpha4:
+            S.check_alphas(v ** -0.25, self.alpha_conf, "alpha_star (from inv_alpha4)")
+
+
+def trials(cfg: Config) -> list[dict]:
+    return [{"model": m, "alpha_star": v ** -0.25, "inv_alpha": v ** 0.25, "N": N, "seed": s}
+            for m in cfg.models for v in cfg.inv_alpha4 for N in cfg.N_grid for s in range(cfg.seeds)]
+
+
+def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
+    return S.train_trials(cfg, batch, device)[0]
+
+
+def _n_min_or_censored(tab: pd.DataFrame) -> np.ndarray:
+    return np.array([np.inf if v is None or pd.isna(v) else float(v) for v in tab["N_min"]])
+
+
+def comparison_claims(cfg: Config, tabs: dict[str, pd.DataFrame]) -> tuple[list[Claim], pd.DataFrame]:
+    """Proposition 1 at equal alpha_*: N_min of the CNN against the ViT's, cell by cell of the alpha_* grid."""
+    c, v = tabs["cnn"], tabs["vit"]
+    Nc, Nv = _n_min_or_censored(c), _n_min_or_censored(v)
+    grid_max = max(cfg.N_grid)
+    rows = []
+    for i in range(len(c)):
+        ratio = Nc[i] / Nv[i] if np.isfinite(Nc[i]) and np.isfinite(Nv[i]) else np.nan
+        rows.append({"alpha_*": float(c["alpha_*"].iloc[i]), "alpha_*^-4": float(c["alpha_*^-4"].iloc[i]),
+                     "N_min CNN": None if np.isinf(Nc[i]) else int(Nc[i]),
+                     "N_min ViT": None if np.isinf(Nv[i]) else int(Nv[i]),
+                     "ratio": ratio, "best rate CNN": float(c["max_rate"].iloc[i]),
+                     "best rate ViT": float(v["max_rate"].iloc[i])})
+    table = pd.DataFrame(rows)
+    # more samples: CNN boundary above the ViT's (a boundary beyond the grid counts as > grid max); where
+    # neither reaches the threshold the cell cannot decide
+    decided = [(a, b) for a, b in zip(Nc, Nv) if np.isfinite(a) or np.isfinite(b)]
+    more = [a > b for a, b in decided]
+    ev = "; ".join(f"alpha_*={r['alpha_*']:.3f}: CNN {r['N_min CNN'] or f'>{grid_max}'} vs ViT "
+                   f"{r['N_min ViT'] or f'>{grid_max}'}" for r in rows)
+    claims = [Claim("cnn-needs-more", "At equal alpha_*, the CNN needs more samples than the ViT (Proposition 1)",
+                    bool(all(more)) if more else None,
+                    f"N_min: {ev}. Rule: supported if at every alpha_* where either reaches success rate "
+                    f"{cfg.success_rate} the CNN's N_min is larger (a boundary beyond N = {grid_max} counts as larger); "
+                    f"inconclusive if neither reaches it anywhere.")]
+    ok = table.dropna(subset=["ratio"])
+    if len(ok) >= 3:
+        from scipy import stats
+        rho = float(stats.spearmanr(1 / ok["alpha_*"], ok["ratio"]).statistic)
+        claims.append(Claim("ratio-grows", "N_min(CNN) / N_min(ViT) grows with 1/alpha_* (like alpha_*^-2)",
+                            None if np.isnan(rho) else bool(rho > 0),
+                            f"ratios {', '.join(f'{x:.2f}' for x in ok['ratio'])} at alpha_*^-4 = "
+                            f"{', '.join(f'{x:g}' for x in ok['alpha_*^-4'])}; Spearman rho {rho:.2f}; rule: supported "
+                            "if rho > 0."))
+    else:
+        claims.append(Claim("ratio-grows", "N_min(CNN) / N_min(ViT) grows with 1/alpha_* (like alpha_*^-2)", None,
+                            f"both boundaries inside the grid at {len(ok)} alpha_* value(s); at least 3 are needed."))
+    return claims, table
+
+
+def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
+    a = Analysis()
+    tabs = {}
+    for model in cfg.models:
+        if not (df["model"] == model).any():
+            continue
+        name = "CNN" if model == "cnn" else "ViT"
+        tab, fit = SC.boundary(cfg, df, model, 4)
+        tabs[model] = tab
+        a.tables[f"{name}: phase boundary N_min per alpha_*"] = tab
+        a.numbers[f"{model}_fit"] = fit
+        if model == "cnn":
+            a.claims.append(SC.law_claim("cnn", 4, fit, tab, max(cfg.N_grid)))
+            if "linear_in_alpha^-4_r2" in fit:
+                a.notes.append(f"CNN: linear fit N_min = {fit['linear_in_alpha^-4_slope']:.1f} alpha_*^-4 + "
+                               f"{fit['linear_in_alpha^-4_intercept']:.1f}, R^2 = {fit['linear_in_alpha^-4_r2']:.3f} "
+                               "(paper's Figure 1b, read off the figure: about 6.8 alpha_*^-4 - 618, R^2 0.94).")
+    if len(tabs) == 2:
+        claims, table = comparison_claims(cfg, tabs)
+        a.claims += claims
+        a.tables["Proposition 1: CNN against ViT at equal alpha_*"] = table
+    a.notes += S.theory_conditions(cfg, float(df["alpha_star"].min()), int(df["N"].max()))
+    a.notes.append(f"success = zero errors on {cfg.n_test} fresh test samples; N_min as in sample-complexity; "
+                   f"{cfg.seeds} trials per cell and model; the CNN has a kernel of {cfg.cnn_kernel} tokens and as many "
+                   f"filters as give it about the ViT's trainable parameter count.")
+    return a
+
+
+def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> list[str]:
+    import matplotlib.pyplot as plt
+    models = [m for m in cfg.models if (df["model"] == m).any()]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.4 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        name = "CNN" if model == "cnn" else "ViT"
+        im = SC.heatmap(ax, df[df["model"] == model], 4, analysis.tables.get(f"{name}: phase boundary N_min per alpha_*"),
+                        f"{name}: success rate")
+        fig.colorbar(im, ax=ax)
+    return [S.save_figure(fig, fig_dir, "cnn_sample_complexity_heatmap")]
+
+
+EXPERIMENT = Experiment(
+    name="cnn-sample-complexity",
+    paper=S.PAPER1,
+    figure="Figure 1b, Proposition 1",
+    claim="a CNN of the same size needs N_min ~ alpha_*^-4, more samples than the ViT at equal alpha_*",
+    config=Config,
+    trials=trials,
+    run_trials=run_trials,
+    analyze=analyze,
+    plot=plot,
+    group_key=S.group_key,
+    max_batch=lambda cfg: cfg.batch_models,
+    scales={
+        "smoke": {**S.SMOKE, "inv_alpha4": (120.0, 200.0), "N_grid": (40, 120), "seeds": 2, "steps": 60,
+                  "n_test": 200, "eval_every": 20},
+        "default": {},
+        "paper": {"inv_alpha4": tuple(float(v) for v in range(120, 201, 10)), "N_grid": tuple(range(80, 801, 80)),
+                  "seeds": 20},
+    },
+)
