@@ -4,8 +4,8 @@
         K models trained as one tensor program vs the same K models one at a time (same math, same
         steps, same data); prints both times, the speed-up and the largest parameter difference.
     python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
-        the sample-complexity grid end to end through the public API (in a temporary run folder, or --out),
-        ViT only (Figure 1a) unless --with-cnn.
+        the sample-complexity grid (Figure 1a; --experiment cnn-sample-complexity for Figure 1b) end to
+        end through the public API, in a temporary run folder (or --out).
 """
 from __future__ import annotations
 
@@ -59,18 +59,16 @@ def bench_batched(K: int, steps: int, sets: list[str] | None = None) -> None:
     print(f"  speed-up: {t_single / t_batched:.1f}x   max |param difference| = {max_diff:.2e}")
 
 
-def bench_grid(scale: str, sets: list[str], with_cnn: bool, out: str | None = None) -> None:
+def bench_grid(scale: str, sets: list[str], experiment: str, out: str | None = None) -> None:
     from vitheory.config import parse_overrides
     from vitheory.sweep.runner import run_experiment
     over = parse_overrides(sets)
-    if not with_cnn:
-        over.setdefault("cnn", "false")
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        df = run_experiment("sample-complexity", scale=scale, overrides=over, out=out or os.path.join(d, "run"),
+        df = run_experiment(experiment, scale=scale, overrides=over, out=out or os.path.join(d, "run"),
                             progress=True)
         dt = time.perf_counter() - t0
-        print(f"{len(df)} trainings (scale={scale}, cnn={with_cnn}) end to end incl. report: {dt:.1f} s "
+        print(f"{experiment}: {len(df)} trainings (scale={scale}) end to end incl. report: {dt:.1f} s "
               f"({dt / 60:.2f} min), torch threads={torch.get_num_threads()}")
         print(open(os.path.join(out or os.path.join(d, "run"), "report.md")).read().split("<details>")[0])
 
@@ -85,13 +83,14 @@ def main(argv=None) -> int:
     g = sub.add_parser("grid")
     g.add_argument("--scale", default="paper")
     g.add_argument("--set", action="append", default=[])
-    g.add_argument("--with-cnn", action="store_true")
+    g.add_argument("--experiment", default="sample-complexity",
+                   help="sample-complexity (Figure 1a) or cnn-sample-complexity (Figure 1b)")
     g.add_argument("--out", default=None, help="keep the run folder here (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.what == "batched":
         bench_batched(args.K, args.steps, args.set)
     else:
-        bench_grid(args.scale, args.set, args.with_cnn, args.out)
+        bench_grid(args.scale, args.set, args.experiment, args.out)
     return 0
 
 
