@@ -3,6 +3,9 @@
     python bench/bench_shallow.py batched [--K 200 --steps 50] [--set d=16 ...]
         K models trained as one tensor program vs the same K models one at a time (same math, same
         steps, same data); prints both times, the speed-up and the largest parameter difference.
+    python bench/bench_shallow.py batch [--model vit|cnn] [--scale paper] [--set key=value ...]
+        one batch of the paper-scale grid (its last ``batch_models`` trials of that model: the hardest
+        alpha_*, every N) through ``run_trials``: data, training, evaluation and test, timed by part.
     python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
         the sample-complexity grid (Figure 1a; --experiment cnn-sample-complexity for Figure 1b) end to
         end through the public API, in a temporary run folder (or --out).
@@ -73,6 +76,34 @@ def bench_grid(scale: str, sets: list[str], experiment: str, out: str | None = N
         print(open(os.path.join(out or os.path.join(d, "run"), "report.md")).read().split("<details>")[0])
 
 
+def bench_batch(model: str, scale: str, sets: list[str]) -> None:
+    import cProfile
+    import pstats
+    from vitheory.config import parse_overrides
+    from vitheory.experiments.base import registry, resolve_config
+    over = parse_overrides(sets)
+    for exp in registry().values():     # the experiment whose grid trains this model (works across versions)
+        if exp.name.endswith("sample-complexity"):
+            cfg = resolve_config(exp, scale, over)
+            trials = [t for t in exp.trials(cfg) if t.get("model") == model]
+            if trials:
+                break
+    batch = trials[-cfg.batch_models:]
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    exp.run_trials(cfg, batch, "cpu")
+    prof.disable()
+    dt = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats
+    def cum(fn_name: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == fn_name)
+    print(f"{exp.name} ({scale}): one batch of {len(batch)} {model} trials (alpha_* = {batch[-1]['alpha_star']:.3f}, "
+          f"N = {min(t['N'] for t in batch)}..{max(t['N'] for t in batch)}): {dt:.1f} s, of which "
+          f"training loop {cum('train_hinge_sgd'):.1f} s (its evaluations {cum('evaluate'):.1f} s), "
+          f"test {cum('test_metrics'):.1f} s, data generation {cum('sample_tokens'):.1f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="what", required=True)
@@ -80,6 +111,10 @@ def main(argv=None) -> int:
     b.add_argument("--K", type=int, default=200)
     b.add_argument("--steps", type=int, default=50)
     b.add_argument("--set", action="append", default=[], help="model/data overrides, e.g. d=16")
+    c = sub.add_parser("batch")
+    c.add_argument("--model", default="vit", choices=["vit", "cnn"])
+    c.add_argument("--scale", default="paper")
+    c.add_argument("--set", action="append", default=[])
     g = sub.add_parser("grid")
     g.add_argument("--scale", default="paper")
     g.add_argument("--set", action="append", default=[])
@@ -89,6 +124,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "batched":
         bench_batched(args.K, args.steps, args.set)
+    elif args.what == "batch":
+        bench_batch(args.model, args.scale, args.set)
     else:
         bench_grid(args.scale, args.set, args.experiment, args.out)
     return 0

@@ -160,3 +160,17 @@ def test_api_run_without_folder_shows_progress(capsys):
     cfg = resolve_config(exp, "smoke", {**dict(a.split("=", 1) for a in SMOKE_FAST[1::2])})
     assert len(df) == len(exp.trials(cfg)) and set(df["model"]) == {"vit"}
     assert "sample-complexity" in capsys.readouterr().err
+
+
+def test_cnn_sample_complexity_smoke_report(tmp_path):
+    """Figure 1b: CNN and ViT on the same grid, the three Proposition-1 claims in the report."""
+    out = tmp_path / "cnn"
+    sets = ["--set", "N_grid=20,40", "--set", "steps=30", "--set", "n_test=100", "--set", "d=8", "--set", "d_k=8",
+            "--set", "m=16", "--set", "L=12", "--set", "inv_alpha4=120,160,200"]
+    assert main(["run", "cnn-sample-complexity", "--scale", "smoke", *sets, "--out", str(out), "--quiet"]) == 0
+    df = vitheory.load_results(out)
+    assert set(df["model"]) == {"cnn", "vit"} and len(df) == 2 * 3 * 2 * 2
+    report = (out / "report.md").read_text()
+    for claim in ("cnn-law", "cnn-needs-more", "ratio-grows", "Proposition 1: CNN against ViT"):
+        assert claim in report
+    assert (out / "figures" / "cnn_sample_complexity_heatmap.png").is_file()

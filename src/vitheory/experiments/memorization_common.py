@@ -65,7 +65,7 @@ class MemConfig:
                                      True)
     T_random: tuple[int, ...] = knob((100, 200, 400, 800, 1600, 3200), "grid of data-set sizes T, random contexts",
                                      True)
-    seeds: int = knob(1, "seeds per (configuration, T), as in the paper (the main job keeps to one; --seeds 2 gives a spread)")
+    seeds: int = knob(2, "seeds per (configuration, T); the paper reports one")
     seed: int = knob(0, "first seed; trial seeds are seed, seed+1, ...")
     lr: float = knob(1e-2, "Adam learning rate (the paper: 1e-3 with >= 50k steps)", True)
     batch_size: int = knob(256, "minibatch size")
