@@ -205,11 +205,11 @@ def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn
                 + (t.get("spurious_tokens", 0), t.get("spurious_corr", 0.5)) for t in trials]
     else:
         keys = list(range(K))
-    first: dict = {}
-    for k, key in enumerate(keys):
-        first.setdefault(key, k)
-    uniq = list(first.values())
-    which = torch.tensor([uniq.index(first[key]) for key in keys])
+    slot: dict = {}                                   # distinct test set -> its row
+    for key in keys:
+        slot.setdefault(key, len(slot))
+    which = torch.tensor([slot[key] for key in keys])  # [K] row of each trial's test set
+    uniq = [keys.index(key) for key in slot]          # first trial of each distinct test set
     gens = [generator(trials[u]["seed"], _TEST) for u in uniq]
     done = 0
     while done < cfg.n_test:

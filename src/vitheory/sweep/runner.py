@@ -61,6 +61,20 @@ def _progress(total: int, desc: str, enabled: bool):
                 bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
 
 
+def _run_batch(exp: Experiment, cfg, batch: list[dict], dev: str, bar) -> list[dict]:
+    """``run_trials`` on one batch, with the bar following the trainer's progress inside the batch."""
+    start = bar.n if bar is not None else 0
+    if bar is not None:
+        set_reporter(lambda f: _advance(bar, start + f * len(batch)))
+    try:
+        metrics = exp.run_trials(cfg, batch, dev)
+    finally:
+        set_reporter(None)
+    if bar is not None:
+        _advance(bar, start + len(batch), force=True)
+    return metrics
+
+
 def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
                    seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto",
                    progress: bool = True, report: bool = True) -> pd.DataFrame:
@@ -81,16 +95,8 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
         rows = []
         bar = _progress(len(trials), exp.name, progress)
         for batch in plan_batches(exp, cfg, trials):
-            start = bar.n if bar is not None else 0
-            if bar is not None:
-                set_reporter(lambda f, start=start, size=len(batch): _advance(bar, start + f * size))
-            try:
-                metrics = exp.run_trials(cfg, batch, dev)
-            finally:
-                set_reporter(None)
+            metrics = _run_batch(exp, cfg, batch, dev, bar)
             rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
-            if bar is not None:
-                _advance(bar, start + len(batch), force=True)
         if bar is not None:
             bar.close()
         return results_frame(rows)
@@ -126,18 +132,10 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
             bar.update(len(trials) - len(todo))
         for batch in plan_batches(exp, cfg, todo):
             t0 = time.perf_counter()
-            if bar is not None:
-                start = bar.n
-                set_reporter(lambda f, start=start, size=len(batch): _advance(bar, start + f * size))
-            try:
-                metrics = exp.run_trials(cfg, batch, dev)
-            finally:
-                set_reporter(None)
+            metrics = _run_batch(exp, cfg, batch, dev, bar)
             per = (time.perf_counter() - t0) / len(batch)
             store.insert_many(exp.name, [(trial_key(exp.name, t), {**cfg_dict, **t}, m, per)
                                          for t, m in zip(batch, metrics)])
-            if bar is not None:
-                _advance(bar, start + len(batch), force=True)
         if bar is not None:
             bar.close()
         wanted = {k for k, _ in keyed}

@@ -41,7 +41,7 @@ def predict(model: nn.Module, X: torch.Tensor, chunk: int = PREDICT_CHUNK, param
     read: the active models of a sweep, the samples that are not padding.
     """
     n = X.shape[1] if n is None else n
-    if models is None or len(models) == X.shape[0]:   # every model: no gather of X
+    if models is None:   # every model: no gather of X
         return torch.cat([model(X[:, i:min(i + chunk, n)], params) for i in range(0, n, chunk)], dim=1)
     P = model.params() if params is None else params
     sub = {k: v[models] for k, v in P.items()}
@@ -102,7 +102,7 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         ids = active
         n_a = n_dev[ids]
         nmax = int(n_a.max())
-        F = predict(model, X, params=full, models=ids, n=nmax)                        # [K_act, nmax]
+        F = predict(model, X, params=full, models=None if len(ids) == K else ids, n=nmax)  # [K_act, nmax]
         valid = torch.arange(nmax, device=device)[None, :] < n_a[:, None]
         margin = torch.where(valid, y[ids, :nmax] * F, torch.full_like(F, float("inf")))
         ids_c = ids.cpu()
