@@ -6,6 +6,10 @@
     python bench/bench_shallow.py batch [--model vit|cnn] [--scale paper] [--set key=value ...]
         one batch of the paper-scale grid (its last ``batch_models`` trials of that model: the hardest
         alpha_*, every N) through ``run_trials``: data, training, evaluation and test, timed by part.
+    python bench/bench_shallow.py kernels
+        the two choices quoted in train/sgd.py, at K = 220 models of the default size: evaluation forward
+        passes in chunks of 256 vs 16 samples (ViT and CNN), and the mini-batch gather into fresh memory
+        vs into a reused buffer.
     python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
         the sample-complexity grid (Figure 1a; --experiment cnn-sample-complexity for Figure 1b) end to
         end through the public API, in a temporary run folder (or --out).
@@ -104,6 +108,52 @@ def bench_batch(model: str, scale: str, sets: list[str]) -> None:
           f"test {cum('test_metrics'):.1f} s, data generation {cum('sample_tokens'):.1f} s")
 
 
+def bench_kernels(K: int = 220) -> None:
+    from vitheory.models.cnn import CNNConfig, TokenCNN, matched_width
+    from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
+    from vitheory.train.sgd import predict
+
+    def best_of(f, reps: int = 3) -> float:
+        f()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    cfg = SCConfig()
+    gens = [torch.Generator().manual_seed(k) for k in range(K)]
+    P = torch.linalg.qr(torch.randn(cfg.d, cfg.M))[0].T
+    vcfg = ShallowViTConfig(d=cfg.d, m=cfg.m, d_k=cfg.d_k, d_v=cfg.d_v)
+    vit = ShallowViT(vcfg, P, gens)
+    cnn = TokenCNN(CNNConfig(d=cfg.d, m=matched_width(vit.num_parameters(), cfg.d, cfg.cnn_kernel),
+                             kernel=cfg.cnn_kernel), gens)
+    X = torch.randn(K, 256, cfg.L, cfg.d)
+    for name, model in (("ViT", vit), ("CNN", cnn)):
+        big = best_of(lambda: predict(model, X, chunk=256), 5)
+        small = best_of(lambda: predict(model, X, chunk=16), 5)
+        print(f"{name} forward of {K} models x 256 samples: chunk 256 {big * 1e3:.0f} ms, chunk 16 "
+              f"{small * 1e3:.0f} ms ({big / small:.2f}x)")
+    Nmax, B = 800, cfg.batch
+    Xp = torch.randn(K * Nmax, cfg.L * cfg.d)
+    flat = (torch.arange(K)[:, None] * Nmax + torch.randint(Nmax, (K, B))).flatten()
+    buf = torch.empty(K * B, cfg.L * cfg.d)
+    fresh = best_of(lambda: torch.index_select(Xp, 0, flat), 10)
+    reused = best_of(lambda: torch.index_select(Xp, 0, flat, out=buf), 10)
+    print(f"mini-batch gather of {K} x {B} samples: fresh memory {fresh * 1e3:.1f} ms, reused buffer "
+          f"{reused * 1e3:.1f} ms ({fresh / reused:.1f}x)")
+    # what the CPU delivers on the trainer's dominant product (B L tokens x d) @ (d x (2 d_k + d_v))
+    BL, e = B * cfg.L, 2 * cfg.d_k + cfg.d_v
+    A, W, G = torch.randn(K, BL, cfg.d), torch.randn(K, e, cfg.d), torch.randn(K, BL, e)
+    flops = 2 * K * BL * cfg.d * e
+    fwd = best_of(lambda: torch.bmm(A, W.transpose(1, 2)), 10)
+    bwd = best_of(lambda: torch.bmm(G.transpose(1, 2), A), 10)
+    big_a, big_b = torch.randn(256, 256), torch.randn(256, 9600)
+    big = best_of(lambda: big_a @ big_b, 10)
+    print(f"bmm [{BL}x{cfg.d}]@[{cfg.d}x{e}] x {K}: {flops / fwd / 1e9:.0f} GFLOP/s, its weight gradient "
+          f"{flops / bwd / 1e9:.0f} GFLOP/s; one [256x256]@[256x9600] GEMM {2 * 256 * 256 * 9600 / big / 1e9:.0f} GFLOP/s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="what", required=True)
@@ -115,6 +165,7 @@ def main(argv=None) -> int:
     c.add_argument("--model", default="vit", choices=["vit", "cnn"])
     c.add_argument("--scale", default="paper")
     c.add_argument("--set", action="append", default=[])
+    sub.add_parser("kernels")
     g = sub.add_parser("grid")
     g.add_argument("--scale", default="paper")
     g.add_argument("--set", action="append", default=[])
@@ -124,6 +175,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "batched":
         bench_batched(args.K, args.steps, args.set)
+    elif args.what == "kernels":
+        bench_kernels()
     elif args.what == "batch":
         bench_batch(args.model, args.scale, args.set)
     else:

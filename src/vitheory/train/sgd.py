@@ -27,8 +27,8 @@ def hinge(yF: torch.Tensor) -> torch.Tensor:
 
 
 # Samples per forward chunk in evaluation: the hidden activations of K models ([K, chunk, L, m]) then
-# stay small enough for the CPU caches (measured at K = 220, d = 256, L = 16: 1.3x (ViT) and 1.6x (CNN)
-# faster than chunks of 256 samples).
+# stay small (at K = 220 of the default size: 1.1-1.7x faster than chunks of 256 samples, varying from
+# run to run; `python bench/bench_shallow.py kernels`).
 PREDICT_CHUNK = 16
 
 
@@ -87,8 +87,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     active = torch.arange(K, device=device)
     chunk_steps = 200
     idx_chunk = None
-    # mini-batches are gathered into one reused buffer: a fresh [K, B, L, d] allocation every step
-    # cost 4-5x the copy itself here (page faults on new memory)
+    # mini-batches are gathered into one reused buffer: gathering into fresh memory every step was
+    # 8-30x slower here (`python bench/bench_shallow.py kernels`)
     X_rows = X.reshape(K * Nmax, -1)                                                 # [K Nmax, L d]
     xb_buf = torch.empty(K * batch, X_rows.shape[1], device=device, dtype=X.dtype)
 
