@@ -28,7 +28,7 @@ import time
 import torch
 
 from vitheory.experiments.base import get_experiment, resolve_config
-from vitheory.experiments.memorization_common import build_models, make_data, make_trials
+from vitheory.experiments._memorization import build_models, make_data, make_trials
 from vitheory.train.memorize import memorize
 
 

@@ -32,11 +32,11 @@ from vitheory.train.sgd import train_hinge_sgd
 
 def _setup(cfg, trials, device="cpu"):
     patterns = [S.trial_patterns(cfg, t) for t in trials]
-    train = [S.draw(cfg, t, p, int(t["N"]), S.generator(t["seed"], S._TRAIN)) for t, p in zip(trials, patterns)]
+    train = [S.draw(cfg, t, p, int(t["N"]), S.generator(t["seed"], S.TRAIN)) for t, p in zip(trials, patterns)]
     X, y, n = S.stack_padded(train, device)
     model = S.build_models(cfg, trials, patterns, device)
-    lr = torch.tensor([float(S.trial_value(cfg, t, "lr")) for t in trials])
-    gens = [S.generator(t["seed"], S._SGD) for t in trials]
+    lr = torch.tensor([S.TrialParams.of(cfg, t).lr for t in trials])
+    gens = [S.generator(t["seed"], S.SGD) for t in trials]
     return model, X, y, n, lr, gens
 
 

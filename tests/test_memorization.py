@@ -6,9 +6,19 @@ import pandas as pd
 import pytest
 import torch
 
-from vitheory.data.memorization import derive_seed, make_memorization_data, stack_data
+from vitheory.analysis.stats import hinge_fit, linear_fit
+from vitheory.cli import main
+from vitheory.config import ConfigError
+from vitheory.data.memorization import make_memorization_data, stack_data
+from vitheory.experiments import _memorization as MC
+from vitheory.experiments import memorization_context as EC
+from vitheory.experiments import memorization_head_dim as ED
+from vitheory.experiments import memorization_heads as E
+from vitheory.experiments.base import get_experiment, resolve_config
 from vitheory.models.mha import BatchedMHA, model_generators
-from vitheory.train.memorize import (BatchedAdam, IndexStream, TrainConfig, lr_at, memorize, train_steps)
+from vitheory.seeding import derive_seed
+from vitheory.sweep.runner import run_experiment
+from vitheory.train.memorize import BatchedAdam, IndexStream, TrainConfig, lr_at, memorize, train_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -228,9 +238,6 @@ def test_full_attention_training_equals_query_row_training():
 # ------------------------------------------------------------------------------------------------------------
 # experiments: bad input, analysis rules, a smoke run through the framework
 # ------------------------------------------------------------------------------------------------------------
-from vitheory.config import ConfigError  # noqa: E402
-from vitheory.experiments import memorization_common as MC  # noqa: E402
-from vitheory.experiments.base import get_experiment, resolve_config  # noqa: E402
 
 MEM_EXPERIMENTS = ["memorization-heads", "memorization-context", "memorization-head-dim", "saturation"]
 
@@ -264,7 +271,6 @@ def test_bad_specific_input(name, override, param, allowed):
 
 
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys):
-    from vitheory.cli import main
     out = tmp_path / "run"
     for args in (["--set", "n=16"], ["--set", "d_head=0"], ["--set", "heads=0"], ["--set", "T_shared=0"],
                  ["--set", "contexts=perm"], ["--set", "labels=ranking"]):
@@ -289,7 +295,6 @@ def _fake_df(x, Ms, context="shared", seeds=(0, 1), Ts=(50, 100, 200, 400), jitt
 
 
 def test_heads_analysis_rules():
-    from vitheory.experiments import memorization_heads as E
     cfg = resolve_config(get_experiment("memorization-heads"), "default", {"contexts": "shared"})
     H = (1, 2, 4, 6, 8)
     lin = E.analyze(cfg, _fake_df(("H", H), [40 * h + 10 for h in H], jitter=2.0))
@@ -305,7 +310,6 @@ def test_heads_analysis_rules():
 
 
 def test_context_and_head_dim_analysis_rules():
-    from vitheory.experiments import memorization_context as EC, memorization_head_dim as ED
     cfg = resolve_config(get_experiment("memorization-context"), "default", {"contexts": "shared"})
     ns = (1, 2, 4, 8, 12, 15)
     up = EC.analyze(cfg, _fake_df(("n", ns), [10, 30, 60, 90, 130, 140]))
@@ -326,15 +330,14 @@ def test_context_and_head_dim_analysis_rules():
 
 
 def test_hinge_and_linear_fit_helpers():
-    f = MC.linear_fit([1, 2, 3, 4], [2, 4, 6, 8.5])
+    f = linear_fit([1, 2, 3, 4], [2, 4, 6, 8.5])
     assert f["slope_lo"] < f["slope"] < f["slope_hi"] and 0.98 < f["r2"] <= 1
-    assert MC.linear_fit([1, 2], [1, 2]) == {"n_points": 2}
-    h = MC.hinge_fit([1, 2, 3, 4, 5, 6], [1, 2, 3, 3, 3, 3])
+    assert linear_fit([1, 2], [1, 2]) == {"n_points": 2}
+    h = hinge_fit([1, 2, 3, 4, 5, 6], [1, 2, 3, 3, 3, 3])
     assert h["kappa"] == pytest.approx(3, abs=0.02) and h["sse"] < 1e-8 < h["sse_line"]
 
 
 def test_smoke_run_through_the_framework():
-    from vitheory.sweep.runner import run_experiment
     df = run_experiment("memorization-heads", scale="smoke", out=None, device="cpu", progress=False,
                         overrides={"heads": "1,2", "T_shared": "8,16", "T_random": "8,16"})
     assert len(df) == 2 * 2 * 2

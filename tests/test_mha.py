@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vitheory.models.mha import BatchedMHA, attention_param_count, model_generators, sinusoidal_positions
+from vitheory.models.mha import BatchedMHA, _RowSoftmax, attention_param_count, model_generators, sinusoidal_positions
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -180,7 +180,6 @@ def test_bad_arguments():
 
 
 def test_row_softmax_matches_torch():
-    from vitheory.models.mha import _RowSoftmax
     x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(_RowSoftmax.apply(x), torch.softmax(x, -1))
     assert torch.autograd.gradcheck(_RowSoftmax.apply, (x,))

@@ -6,6 +6,8 @@ import torch
 
 from vitheory.data.tokens import (CONFUSION, IRRELEVANT, RELEVANT, SPURIOUS, majority_label, make_patterns,
                                   sample_tokens)
+from vitheory.experiments import _shallow as S
+from vitheory.experiments.base import get_experiment, resolve_config
 from vitheory.models.cnn import CNNConfig, TokenCNN
 from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
 from vitheory.train.sgd import train_hinge_sgd
@@ -129,9 +131,6 @@ def test_batched_training_equals_single_model_training():
 
 def test_trials_sharing_a_test_set_get_the_numbers_they_get_alone():
     """test_metrics draws a test set once for trials that differ only in N; the numbers must not change."""
-    from vitheory.experiments import _shallow as S
-    from vitheory.experiments.sample_complexity import Config
-    from vitheory.experiments.base import get_experiment, resolve_config
     cfg = resolve_config(get_experiment("sample-complexity"), "smoke", {"n_test": "150"})
     trials = [{"model": "vit", "alpha_star": a, "N": N, "seed": s} for s in (0, 1) for N in (20, 40) for a in (0.4, 0.5)]
     batch, _, _, _ = S.train_trials(cfg, trials, "cpu")
@@ -144,14 +143,13 @@ def test_trials_sharing_a_test_set_get_the_numbers_they_get_alone():
 
 
 def test_training_learns_and_attention_concentrates():
-    from vitheory.experiments._shallow import relevant_attention
     P = make_patterns(8, 4, generator=gen(0))
     tr = sample_tokens(P, 200, L=12, alpha_star=0.4, alpha_conf=0.05, tau=0.5, generator=gen(1))
     cfg = ShallowViTConfig(d=8, m=32, d_k=8, d_v=8, sigma=0.1, delta=0.1)
     model = ShallowViT(cfg, P, [gen(2)])
-    A0 = relevant_attention(model, tr.X[None, :64], tr.category[None, :64])
+    A0 = S.relevant_attention(model, tr.X[None, :64], tr.category[None, :64])
     res = train_hinge_sgd(model, tr.X[None], tr.y[None], torch.tensor([200]), steps=400, batch=16,
                           lr=torch.tensor([0.5]), generators=[gen(3)], eval_every=50)
-    A1 = relevant_attention(model, tr.X[None, :64], tr.category[None, :64])
+    A1 = S.relevant_attention(model, tr.X[None, :64], tr.category[None, :64])
     assert res.fit_step[0] >= 0                      # reached zero training error
     assert float(A1[0]) > float(A0[0]) + 0.05         # attention moved towards label-relevant tokens

@@ -8,7 +8,7 @@ Public API (a notebook can call these; the ``vitheory`` command line is a thin l
     df = vitheory.run("sample-complexity", out="runs/sc")   # run folder with SQLite, figures, report
     vitheory.report("runs/sc")                       # rebuild the report from stored results
 """
-__version__ = "0.1.0"
+from vitheory._version import __version__  # noqa: F401  (the package version)
 
 
 def list_experiments():
@@ -17,9 +17,14 @@ def list_experiments():
 
 
 def run(name, *, scale="default", overrides=None, seeds=None, out=None, device="auto", progress=True):
+    """Run an experiment (resuming in ``out``); with ``out`` also write its report.  One row per trial."""
+    from vitheory.report.build import build_report
     from vitheory.sweep.runner import run_experiment
-    return run_experiment(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device,
-                          progress=progress)
+    df = run_experiment(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device,
+                        progress=progress)
+    if out is not None:
+        build_report(out)
+    return df
 
 
 def report(path):

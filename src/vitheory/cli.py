@@ -53,11 +53,11 @@ def cmd_show(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from vitheory.sweep.runner import run_experiment
+    import vitheory
     overrides = parse_overrides(args.set or [])
     out = args.out or _default_out(args.experiment, args.scale)
-    df = run_experiment(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
-                        device=args.device, progress=not args.quiet)
+    df = vitheory.run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
+                      device=args.device, progress=not args.quiet)
     print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'}")
     return 0
 
@@ -82,8 +82,7 @@ def cmd_reproduce(args) -> int:
     for n in names:
         t0 = time.perf_counter()
         print(f"== {n} ({args.scale})", flush=True)
-        run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet,
-                       report=False)
+        run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet)
         print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
     path = build_combined_report(root)
     print(f"report: {path}")

@@ -185,7 +185,7 @@ def describe_fields(cls) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def knob(default: Any, help: str = "", project_choice: bool = False):
+def knob(default: Any, help: str = "", *, project_choice: bool = False):
     """A dataclass field with a help text; ``project_choice`` marks values the papers do not state."""
     text = ("[project choice] " if project_choice else "") + help
     return dataclasses.field(default=default, metadata={"help": text, "project_choice": project_choice})

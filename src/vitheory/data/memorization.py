@@ -26,19 +26,15 @@ Values are always drawn in float32 and then cast, so a float64 run sees the floa
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
+from vitheory.seeding import derive_seed
+
 CONTEXT_TYPES = ("shared", "random")
 LABEL_KINDS = ("classification", "regression")
 
-
-def derive_seed(seed: int, *tags: object) -> int:
-    """A 63-bit seed derived from ``seed`` and ``tags`` (stable across runs, platforms and Python versions)."""
-    blob = repr((int(seed),) + tuple(tags)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

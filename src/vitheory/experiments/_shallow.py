@@ -1,29 +1,32 @@
-"""Shared machinery of the paper-1 (Li et al., ICLR 2023) experiments.
+"""Shared machinery of the paper-1 (Li et al., ICLR 2023; spec ``../shared/papers/shallow_vit.md``) experiments.
 
-``ShallowConfig`` holds the knobs every paper-1 experiment shares (data model, model, SGD); each
-experiment subclasses it with its own grid.  ``train_trials`` trains one batch of trials -- K models
-with the same shapes -- as one tensor program and returns their metrics.
+``ShallowConfig`` holds the knobs every paper-1 experiment shares (data model, model, SGD); each experiment
+subclasses it with its own grid and registers itself with :func:`shallow_experiment`, which supplies what the
+paper-1 experiments share (the paper, the smoke-scale knobs, batching by tensor shapes, ``train_trials`` as the
+default runner).  ``train_trials`` trains one batch of trials -- K models with the same shapes -- as one tensor
+program and returns their metrics.
 
-A trial dict may override the per-trial knobs read through ``trial_value`` (``model``, ``alpha_star``,
-``alpha_conf``, ``N``, ``tau``, ``sigma``, ``delta``, ``lr``, ``L``, ``m``); everything else comes from
-the config.  Each trial draws its patterns,
-training set, initial weights, mini-batches and test set from generators seeded by its own ``seed``,
-so its numbers do not depend on which other trials share its batch.
+A trial is a dict (it is stored as JSON); :class:`TrialParams` is its typed view: the trial's own value of each
+per-trial knob (``model``, ``alpha_star``, ``alpha_conf``, ``N``, ``tau``, ``sigma``, ``delta``, ``lr``, ``L``,
+``m``, spurious tokens), else the config's.  Each trial draws its patterns, training set, initial weights,
+mini-batches and test set from generators seeded by its own ``seed``, so its numbers do not depend on which
+other trials share its batch.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
 from vitheory.config import ConfigError, check_choice, check_range, knob
 from vitheory.data.tokens import RELEVANT, TokenSamples, make_patterns, sample_tokens
+from vitheory.experiments.base import Analysis, Experiment
 from vitheory.models.cnn import CNNConfig, TokenCNN, matched_width
 from vitheory.models.shallow_vit import ShallowViT, ShallowViTConfig
-from vitheory.report.figures import save_figure  # noqa: F401  (used by the paper-1 experiments)
+from vitheory.seeding import stream_generator
 from vitheory.train.sgd import hinge, predict, train_hinge_sgd
 
 PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
@@ -31,45 +34,42 @@ PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
 SMOKE = {"d": 16, "d_k": 8, "d_v": 8, "m": 32, "L": 20, "tau": 1.5, "n_test": 100, "eval_every": 20, "seeds": 2}
 
 
-# generator streams of a trial
-_PATTERNS, _TRAIN, _INIT, _SGD, _TEST, _PROBE = range(6)
-
-
-def generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 7919 + stream * 104729 + 17)
+# generator streams of a trial (see vitheory.seeding.stream_generator)
+PATTERNS, TRAIN, INIT, SGD, TEST, PROBE, REMOVAL = range(7)
+generator = stream_generator
 
 
 @dataclass(frozen=True)
 class ShallowConfig:
     """Knobs shared by the paper-1 experiments.  Values marked [project choice] are not in the paper."""
     # data model
-    d: int = knob(256, "token dimension (patterns span M of the d dimensions; noise uses all d)", True)
-    M: int = knob(4, "number of patterns: 2 discriminative + M-2 label-irrelevant", True)
-    L: int = knob(16, "tokens per sample", True)
-    alpha_conf: float = knob(0.04, "average fraction alpha_# of confusion tokens", True)
-    tau: float = knob(3.0, "token noise level: ||z|| <= tau (bounded) or z ~ N(0, tau^2/d I)", True)
-    noise: Literal["bounded", "gaussian"] = knob("gaussian", "token noise distribution", True)
-    counts: Literal["stochastic", "deterministic"] = knob("stochastic", "how per-sample token counts realise alpha*, alpha#", True)
-    pattern_kind: Literal["orthonormal", "random"] = knob("orthonormal", "pattern geometry", True)
-    pattern_norm: float = knob(1.0, "norm of every pattern", True)
-    min_separation: float = knob(0.0, "minimum pairwise pattern distance (pattern_kind=random)", True)
+    d: int = knob(256, "token dimension (patterns span M of the d dimensions; noise uses all d)", project_choice=True)
+    M: int = knob(4, "number of patterns: 2 discriminative + M-2 label-irrelevant", project_choice=True)
+    L: int = knob(16, "tokens per sample", project_choice=True)
+    alpha_conf: float = knob(0.04, "average fraction alpha_# of confusion tokens", project_choice=True)
+    tau: float = knob(3.0, "token noise level: ||z|| <= tau (bounded) or z ~ N(0, tau^2/d I)", project_choice=True)
+    noise: Literal["bounded", "gaussian"] = knob("gaussian", "token noise distribution", project_choice=True)
+    counts: Literal["stochastic", "deterministic"] = knob("stochastic", "how per-sample token counts realise alpha*, alpha#", project_choice=True)
+    pattern_kind: Literal["orthonormal", "random"] = knob("orthonormal", "pattern geometry", project_choice=True)
+    pattern_norm: float = knob(1.0, "norm of every pattern", project_choice=True)
+    min_separation: float = knob(0.0, "minimum pairwise pattern distance (pattern_kind=random)", project_choice=True)
     # model
-    m: int = knob(128, "perceptron width (theory: m >~ M^2 log N)", True)
-    d_k: int = knob(16, "query/key dimension", True)
-    d_v: int = knob(16, "value dimension", True)
-    sigma: float = knob(1.0, "initial model error of W_V around the pattern-aligned reference", True)
-    delta: float = knob(0.1, "initial error of W_Q, W_K around their reference", True)
-    qk_reference: Literal["patterns", "zero"] = knob("patterns", "reference of W_Q, W_K: pattern-aligned, or zero (uniform attention)", True)
-    train_a: bool = knob(False, "train the output layer a (default frozen at +-1/sqrt(m))", True)
-    scale_scores: bool = knob(False, "divide attention scores by sqrt(d_k)", True)
-    cnn_kernel: int = knob(3, "CNN baseline: window size over the token sequence", True)
+    m: int = knob(128, "perceptron width (theory: m >~ M^2 log N)", project_choice=True)
+    d_k: int = knob(16, "query/key dimension", project_choice=True)
+    d_v: int = knob(16, "value dimension", project_choice=True)
+    sigma: float = knob(1.0, "initial model error of W_V around the pattern-aligned reference", project_choice=True)
+    delta: float = knob(0.1, "initial error of W_Q, W_K around their reference", project_choice=True)
+    qk_reference: Literal["patterns", "zero"] = knob("patterns", "reference of W_Q, W_K: pattern-aligned, or zero (uniform attention)", project_choice=True)
+    train_a: bool = knob(False, "train the output layer a (default frozen at +-1/sqrt(m))", project_choice=True)
+    scale_scores: bool = knob(False, "divide attention scores by sqrt(d_k)", project_choice=True)
+    cnn_kernel: int = knob(3, "CNN baseline: window size over the token sequence", project_choice=True)
     # training
-    lr: float = knob(0.5, "SGD step size eta", True)
-    lr_qk_scale: float = knob(1.0, "step size of W_Q, W_K relative to eta", True)
-    batch: int = knob(16, "SGD mini-batch size B", True)
-    steps: int = knob(800, "maximum SGD iterations T", True)
-    eval_every: int = knob(50, "full training-set evaluation period (early stop once all margins >= 1)", True)
-    n_test: int = knob(1000, "fresh test samples per trial; success = zero test errors", True)
+    lr: float = knob(0.5, "SGD step size eta", project_choice=True)
+    lr_qk_scale: float = knob(1.0, "step size of W_Q, W_K relative to eta", project_choice=True)
+    batch: int = knob(16, "SGD mini-batch size B", project_choice=True)
+    steps: int = knob(800, "maximum SGD iterations T", project_choice=True)
+    eval_every: int = knob(50, "full training-set evaluation period (early stop once all margins >= 1)", project_choice=True)
+    n_test: int = knob(1000, "fresh test samples per trial; success = zero test errors", project_choice=True)
     # sweep
     seeds: int = knob(20, "trials per grid cell")
     batch_models: int = knob(220, "models trained together as one tensor program (memory knob)")
@@ -114,8 +114,34 @@ def check_alphas(alpha_star: float, alpha_conf: float, name: str = "alpha_star")
                           f"allowed range: {name} in ({alpha_conf:g}, {1 - alpha_conf:g}]")
 
 
-def trial_value(cfg: ShallowConfig, trial: dict, key: str):
-    return trial[key] if key in trial else getattr(cfg, key)
+@dataclass(frozen=True)
+class TrialParams:
+    """The typed view of one paper-1 trial: its own value of each per-trial knob, else the config's."""
+    seed: int
+    N: int
+    model: str
+    alpha_star: float
+    alpha_conf: float
+    tau: float
+    sigma: float
+    delta: float
+    lr: float
+    L: int
+    m: int
+    spurious_tokens: int = 0
+    spurious_corr: float = 0.5      # P(spurious tokens | y = +1); 0.5 = independent of the label
+    removed: int = 0
+
+    @classmethod
+    def of(cls, cfg: ShallowConfig, trial: dict) -> "TrialParams":
+        def value(key, default=None):
+            return trial[key] if key in trial else getattr(cfg, key, default)
+        return cls(seed=int(trial["seed"]), N=int(value("N", 0)), model=trial.get("model", "vit"),
+                   alpha_star=float(value("alpha_star")), alpha_conf=float(value("alpha_conf")),
+                   tau=float(value("tau")), sigma=float(value("sigma")), delta=float(value("delta")),
+                   lr=float(value("lr")), L=int(value("L")), m=int(value("m")),
+                   spurious_tokens=int(trial.get("spurious_tokens", 0)),
+                   spurious_corr=float(trial.get("spurious_corr", 0.5)), removed=int(trial.get("removed", 0)))
 
 
 def group_key(trial: dict):
@@ -141,27 +167,25 @@ def theory_conditions(cfg: ShallowConfig, alpha_star_min: float, N_max: int) -> 
 # --------------------------------------------------------------------------------------------------
 def trial_patterns(cfg: ShallowConfig, trial: dict) -> torch.Tensor:
     return make_patterns(cfg.d, cfg.M, kind=cfg.pattern_kind, norm=cfg.pattern_norm,
-                         min_separation=cfg.min_separation, generator=generator(trial["seed"], _PATTERNS))
+                         min_separation=cfg.min_separation, generator=generator(trial["seed"], PATTERNS))
 
 
 def draw(cfg: ShallowConfig, trial: dict, patterns: torch.Tensor, n: int, g: torch.Generator,
          spurious_corr: float | None = None) -> TokenSamples:
-    return sample_tokens(patterns, n, L=trial_value(cfg, trial, "L"),
-                         alpha_star=trial_value(cfg, trial, "alpha_star"),
-                         alpha_conf=trial_value(cfg, trial, "alpha_conf"), tau=trial_value(cfg, trial, "tau"),
-                         noise=cfg.noise, counts=cfg.counts,
-                         spurious_tokens=trial.get("spurious_tokens", 0),
-                         spurious_corr=spurious_corr if spurious_corr is not None else trial.get("spurious_corr", 0.5),
-                         generator=g)
+    p = TrialParams.of(cfg, trial)
+    return sample_tokens(patterns, n, L=p.L, alpha_star=p.alpha_star, alpha_conf=p.alpha_conf, tau=p.tau,
+                         noise=cfg.noise, counts=cfg.counts, spurious_tokens=p.spurious_tokens,
+                         spurious_corr=spurious_corr if spurious_corr is not None else p.spurious_corr, generator=g)
 
 
 def build_models(cfg: ShallowConfig, trials: list[dict], patterns: list[torch.Tensor], device: str):
-    kind = trials[0].get("model", "vit")
-    vit_cfgs = [ShallowViTConfig(d=cfg.d, m=trial_value(cfg, t, "m"), d_k=cfg.d_k, d_v=cfg.d_v, train_a=cfg.train_a,
-                                 scale_scores=cfg.scale_scores, sigma=trial_value(cfg, t, "sigma"),
-                                 delta=trial_value(cfg, t, "delta"), qk_reference=cfg.qk_reference)
-                for t in trials]
-    gens = [generator(t["seed"], _INIT) for t in trials]
+    params = [TrialParams.of(cfg, t) for t in trials]
+    vit_cfgs = [ShallowViTConfig(d=cfg.d, m=p.m, d_k=cfg.d_k, d_v=cfg.d_v, train_a=cfg.train_a,
+                                 scale_scores=cfg.scale_scores, sigma=p.sigma, delta=p.delta,
+                                 qk_reference=cfg.qk_reference)
+                for p in params]
+    gens = [generator(p.seed, INIT) for p in params]
+    kind = params[0].model
     if kind == "vit":
         # sigma/delta may differ per trial: build per trial, then stack (shapes are equal)
         parts = [ShallowViT(c, p, [g]) for c, p, g in zip(vit_cfgs, patterns, gens)]
@@ -201,8 +225,10 @@ def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn
     # samples come from the seed's own streams), so trials that differ only in N or the training
     # knobs share it: draw each distinct test set once (same numbers, less work).
     if keep_fn is None:
-        keys = [(t["seed"],) + tuple(trial_value(cfg, t, k) for k in ("L", "alpha_star", "alpha_conf", "tau"))
-                + (t.get("spurious_tokens", 0), t.get("spurious_corr", 0.5)) for t in trials]
+        keys = []
+        for t in trials:
+            p = TrialParams.of(cfg, t)
+            keys.append((p.seed, p.L, p.alpha_star, p.alpha_conf, p.tau, p.spurious_tokens, p.spurious_corr))
     else:
         keys = list(range(K))
     slot: dict = {}                                   # distinct test set -> its row
@@ -210,7 +236,7 @@ def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn
         slot.setdefault(key, len(slot))
     which = torch.tensor([slot[key] for key in keys])  # [K] row of each trial's test set
     uniq = [keys.index(key) for key in slot]          # first trial of each distinct test set
-    gens = [generator(trials[u]["seed"], _TEST) for u in uniq]
+    gens = [generator(trials[u]["seed"], TEST) for u in uniq]
     done = 0
     while done < cfg.n_test:
         n = min(chunk, cfg.n_test - done)
@@ -238,15 +264,15 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     Returns (metrics list, model, patterns, train result).
     """
     patterns = [trial_patterns(cfg, t) for t in trials]
-    train = [draw(cfg, t, p, int(t["N"]), generator(t["seed"], _TRAIN), spurious_corr=train_spurious_corr)
+    train = [draw(cfg, t, p, int(t["N"]), generator(t["seed"], TRAIN), spurious_corr=train_spurious_corr)
              for t, p in zip(trials, patterns)]
     if keep_fn is not None:
         train = [keep_fn(t, s) for t, s in zip(trials, train)]
     X, y, n = stack_padded(train, device)
     model = build_models(cfg, trials, patterns, device)
-    lr = torch.tensor([float(trial_value(cfg, t, "lr")) for t in trials])
+    lr = torch.tensor([TrialParams.of(cfg, t).lr for t in trials])
     res = train_hinge_sgd(model, X, y, n, steps=cfg.steps, batch=cfg.batch, lr=lr,
-                          generators=[generator(t["seed"], _SGD) for t in trials], eval_every=cfg.eval_every,
+                          generators=[generator(t["seed"], SGD) for t in trials], eval_every=cfg.eval_every,
                           callback=callback, callback_every=callback_every,
                           lr_scale={"W_Q": cfg.lr_qk_scale, "W_K": cfg.lr_qk_scale} if cfg.lr_qk_scale != 1 else None)
     if res.train_error is not None:   # the trainer's last evaluation already measured it
@@ -265,73 +291,29 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     return metrics, model, patterns, res
 
 
-# --------------------------------------------------------------------------------------------------
-# analysis helpers
-# --------------------------------------------------------------------------------------------------
-def isotonic_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
-    blocks = [[float(v), float(wt), 1] for v, wt in zip(y, w)]
-    i = 0
-    while i < len(blocks) - 1:
-        if blocks[i][0] > blocks[i + 1][0]:
-            a, b = blocks[i], blocks[i + 1]
-            wt = a[1] + b[1]
-            blocks[i] = [(a[0] * a[1] + b[0] * b[1]) / wt, wt, a[2] + b[2]]
-            del blocks[i + 1]
-            i = max(i - 1, 0)
-        else:
-            i += 1
-    return np.concatenate([[v] * n for v, _, n in blocks])
-
-
-def n_min_table(df, by: str, success_rate: float = 0.95):
-    """Phase boundary per value of ``by``: the smallest N whose success rate reaches ``success_rate``.
-
-    Success rates are estimated from few trials per cell, so a single unlucky trial at a large N would
-    otherwise move the boundary; the rates are first fitted by a non-decreasing function of N (isotonic
-    regression weighted by trials per cell: more data never hurts) and N_min is read off that fit
-    (project choice).  ``max_rate`` is the largest raw success rate of the row.
-    """
-    import pandas as pd
-    rows = []
-    for val, sub in df.groupby(by):
-        g = sub.groupby("N")["success"].agg(["mean", "count"]).sort_index()
-        fit = isotonic_increasing(g["mean"].to_numpy(float), g["count"].to_numpy(float))
-        hit = np.nonzero(fit >= success_rate - 1e-12)[0]
-        rows.append({by: val, "N_min": int(g.index[hit[0]]) if len(hit) else None,
-                     "max_rate": float(g["mean"].max())})
-    return pd.DataFrame(rows)
-
-
-def loglog_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
-    """Least-squares slope of log y on log x with a t-interval; also R^2 of the linear fit y ~ x."""
-    from scipy import stats
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    out = {"n_points": int(len(x))}
-    if len(x) < 3:
-        return out
-    if np.ptp(np.log(y)) == 0 or np.ptp(np.log(x)) == 0:
-        out.update(slope=0.0, slope_lo=float("nan"), slope_hi=float("nan"), loglog_r2=float("nan"), degenerate=True)
-        return out
-    r = stats.linregress(np.log(x), np.log(y))
-    t = stats.t.ppf(0.5 + level / 2, len(x) - 2)
-    out.update(slope=float(r.slope), slope_lo=float(r.slope - t * r.stderr), slope_hi=float(r.slope + t * r.stderr),
-               loglog_r2=float(r.rvalue ** 2))
-    return out
-
-
-def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict:
-    """:func:`vitheory.report.stats.linear_fit`, with no fit at all when y is constant."""
-    from vitheory.report.stats import linear_fit as fit
-    if len(x) < 3 or np.ptp(np.asarray(y, float)) == 0:
-        return {"n_points": int(len(x))}
-    return fit(x, y, level)
-
-
 def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
     """A = sum of softmax weight each query puts on label-relevant keys, averaged over queries and samples: [K]."""
     with torch.no_grad():
         attn = model.attention(samples_X)                                   # [K,B,L,L]
         rel = (category == RELEVANT).float()                                # [K,B,L]
         return (attn * rel[:, :, None, :]).sum(-1).mean(dim=(1, 2)).cpu()
+
+
+# --------------------------------------------------------------------------------------------------
+# registration
+# --------------------------------------------------------------------------------------------------
+def run_trials(cfg: ShallowConfig, batch: list[dict], device: str) -> list[dict]:
+    """The default runner of a paper-1 experiment: train the batch, return its metrics."""
+    return train_trials(cfg, batch, device)[0]
+
+
+def shallow_experiment(name: str, figure: str, claim: str, config: type, trials: Callable,
+                       analyze: Callable[..., Analysis], plot: Callable, *, smoke: dict, paper: dict,
+                       run_trials: Callable = run_trials, group_key: Callable = group_key,
+                       description: str = "") -> Experiment:
+    """An :class:`Experiment` of paper 1: what the paper-1 experiments share is filled in here, so a module
+    states only what differs (timm's ``_cfg(**kwargs)`` pattern).  ``smoke`` is added on top of :data:`SMOKE`."""
+    return Experiment(name=name, paper=PAPER1, figure=figure, claim=claim, config=config, trials=trials,
+                      run_trials=run_trials, analyze=analyze, plot=plot,
+                      scales={"smoke": {**SMOKE, **smoke}, "default": {}, "paper": dict(paper)},
+                      group_key=group_key, max_batch=lambda cfg: cfg.batch_models, description=description)

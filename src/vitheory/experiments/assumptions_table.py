@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -26,8 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from vitheory.report.figures import save_figure
-
+from vitheory.analysis.figures import save_figure
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
 from vitheory.experiments.base import Analysis, Claim, Experiment
 
@@ -68,12 +68,11 @@ class Config:
     curve_subsets: int = knob(1000, "random orderings for the Kruskal-rank curve")
     curve_step: int = knob(10, "k grid step of the Kruskal-rank curve (the notebook: 10)")
     curve_all: bool = knob(False, "curve for every representation (the notebook: random attention only)")
-    tol: float = knob(1e-5, "tolerance on the smallest singular value of unit vectors (float32 features)", True)
-    tol_sweep: tuple[float, ...] = knob((1e-7, 1e-6, 1e-4, 1e-3), "further tolerances for Assumption 1 (same subsets)",
-                                        True)
+    tol: float = knob(1e-5, "tolerance on the smallest singular value of unit vectors (float32 features)", project_choice=True)
+    tol_sweep: tuple[float, ...] = knob((1e-7, 1e-6, 1e-4, 1e-3), "further tolerances for Assumption 1 (same subsets)", project_choice=True)
     paper_mode: bool = knob(True, "also compute the notebook's float32 default-tolerance verdicts")
     margins: bool = knob(True, "smallest singular values of every Assumption-1 subset and context (margins)")
-    pass_fraction: float = knob(0.99, "a sampled check holds when its fraction is >= this", True)
+    pass_fraction: float = knob(0.99, "a sampled check holds when its fraction is >= this", project_choice=True)
     seeds: int = knob(1, "random-weight seeds (trials per representation)")
     batch_size: int = knob(16, "images per forward pass")
 
@@ -82,7 +81,6 @@ class Config:
         if not (self.image_source in ("package", "noise") or self.image_source.startswith(("folder:", "cifar10:"))):
             raise ConfigError(f"image_source={self.image_source!r} is not allowed; use package, folder:PATH, "
                               "cifar10:PATH or noise (a diagnostic)")
-        import os
         for prefix in ("folder:", "cifar10:"):
             if self.image_source.startswith(prefix) and not os.path.exists(self.image_source[len(prefix):]):
                 raise ConfigError(f"image_source={self.image_source!r}: {self.image_source[len(prefix):]} does not exist")
@@ -148,7 +146,7 @@ def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int,
     if mode == "float64" and cfg.tol_sweep and sweep:
         # fractions at other tolerances: the same subsets, decided again at each tolerance
         sweep = {}
-        S = _subsets_of(c, Q, k, cfg, seed)
+        S = _subsets_of(Q, k, cfg, seed)
         for t in cfg.tol_sweep:
             c2 = sampled_rank_check(Q, k, cfg.n_subsets, t, seed=seed, ranks=False, subsets=S, device=device)
             sweep[f"{t:g}"] = c2.fraction
@@ -156,7 +154,7 @@ def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int,
     return out
 
 
-def _subsets_of(c, Q, k, cfg, seed):
+def _subsets_of(Q, k, cfg, seed):
     from vitheory.linalg.kruskal import _subsets_for
     return _subsets_for(len(Q), k, cfg.n_subsets, seed, None)[0]
 
@@ -296,9 +294,12 @@ def _verdict(a: dict, kind: str, pass_fraction: float) -> bool | None:
     return a["fmin"] >= pass_fraction
 
 
-def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
-    a = Analysis()
-    mark = {True: "✓", False: "✗", None: "?"}
+MARK = {True: "✓", False: "✗", None: "?"}
+
+
+def summarize_representations(cfg: Config, df: pd.DataFrame) -> tuple[dict, dict, list[dict], list[dict]]:
+    """Per representation: the aggregated checks and verdicts (``per_rep``), the reasons of rows that are not
+    available, and the rows of the main table and of the side-by-side table with the notebook."""
     rows, ref_rows, avail = [], [], {}
     per_rep: dict[str, dict] = {}
     for rep in ROWS:
@@ -315,15 +316,14 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         a2["ranks"] = _rng(sub["a2_rank_min"].min(), sub["a2_rank_max"].max())
         pg, pa1, pa2 = _agg(sub, "p_gp"), _agg(sub, "p_a1"), _agg(sub, "p_a2")
         vg, v1, v2 = _verdict(g, "gp", cfg.pass_fraction), _verdict(a1, "a1", cfg.pass_fraction), _verdict(a2, "a2", 0)
-        per_rep[rep] = {"gp": g, "a1": a1, "a2": a2, "p_gp": pg, "p_a1": pa1, "p_a2": pa2,
-                        "v": (vg, v1, v2), "T": int(sub["T"].iloc[0]), "n": int(sub["n_tokens"].iloc[0]),
-                        "d": int(sub["dim"].iloc[0]), "model": sub["model"].iloc[0],
-                        "identical": bool(sub["query_identical"].all()) if "query_identical" in sub else None}
-        rows.append({"representation": ROW_LABEL[rep], "T": per_rep[rep]["T"], "n": per_rep[rep]["n"],
-                     "d": per_rep[rep]["d"],
-                     "GP": f"{mark[vg]} {_fmt_frac(g)} (k={g.get('k')}; ranks {g.get('ranks', '–')})",
-                     "Assumption 1": f"{mark[v1]} {_fmt_frac(a1)} (k={a1.get('k')}; ranks {a1.get('ranks', '–')})",
-                     "Assumption 2": f"{mark[v2]} {int(sub['a2_n_full'].min())}/{a2.get('n', '?')} examples "
+        r = per_rep[rep] = {"gp": g, "a1": a1, "a2": a2, "p_gp": pg, "p_a1": pa1, "p_a2": pa2,
+                            "v": (vg, v1, v2), "T": int(sub["T"].iloc[0]), "n": int(sub["n_tokens"].iloc[0]),
+                            "d": int(sub["dim"].iloc[0]), "model": sub["model"].iloc[0],
+                            "identical": bool(sub["query_identical"].all()) if "query_identical" in sub else None}
+        rows.append({"representation": ROW_LABEL[rep], "T": r["T"], "n": r["n"], "d": r["d"],
+                     "GP": f"{MARK[vg]} {_fmt_frac(g)} (k={g.get('k')}; ranks {g.get('ranks', '–')})",
+                     "Assumption 1": f"{MARK[v1]} {_fmt_frac(a1)} (k={a1.get('k')}; ranks {a1.get('ranks', '–')})",
+                     "Assumption 2": f"{MARK[v2]} {int(sub['a2_n_full'].min())}/{a2.get('n', '?')} examples "
                                      f"(ranks {a2['ranks']})"})
         if cfg.paper_mode and pg:
             ref_rows.append({"representation": ROW_LABEL[rep],
@@ -331,183 +331,198 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
                              "GP notebook": f"{PAPER_REF[rep]['gp']:g} (ranks {PAPER_REF[rep]['gp_ranks']})",
                              "A1 ours (paper mode)": f"{_fmt_frac(pa1)} (ranks {pa1.get('ranks', '–')})",
                              "A1 notebook": f"{PAPER_REF[rep]['a1']:g} (ranks {PAPER_REF[rep]['a1_ranks']})",
-                             "A2 ours (paper mode)": f"{round(pa2.get('fraction', float('nan')) * per_rep[rep]['T'])}"
-                                                     f"/{per_rep[rep]['T']}",
+                             "A2 ours (paper mode)": f"{round(pa2.get('fraction', float('nan')) * r['T'])}/{r['T']}",
                              "A2 notebook": "1973/1973"})
-    a.tables["Assumption table (float64, unit vectors, tol = %g; ✓ = holds)" % cfg.tol] = pd.DataFrame(rows)
-    if ref_rows:
-        a.tables["Side by side with the notebook (float32, torch default tolerance)"] = pd.DataFrame(ref_rows)
+    return per_rep, avail, rows, ref_rows
 
-    # margins and tolerance sweep
+
+def margin_table(df: pd.DataFrame, per_rep: dict) -> pd.DataFrame:
+    """Margins of Assumptions 1 and 2 and the Assumption-1 fractions at the other tolerances of the sweep."""
     mrows = []
     for rep, r in per_rep.items():
         sub = df[df["representation"] == rep]
         row = {"representation": ROW_LABEL[rep], "A1 margin": r["a1"].get("margin"), "A2 margin": r["a2"].get("margin")}
-        for prefix, lab in (("a1", "A1"),):
-            col = f"{prefix}_tol_sweep"
-            if col in sub and sub[col].notna().any():
-                sw = sub[col].dropna().iloc[0]
-                for t, f in sw.items():
-                    row[f"{lab} @ tol {t}"] = f
+        if "a1_tol_sweep" in sub and sub["a1_tol_sweep"].notna().any():
+            for t, f in sub["a1_tol_sweep"].dropna().iloc[0].items():
+                row[f"A1 @ tol {t}"] = f
         mrows.append(row)
-    if mrows:
-        a.tables["Margins (smallest sigma_min of unit vectors among full-rank subsets / examples) and Assumption-1 "
-                 "fractions at other tolerances (same subsets)"] = \
-            pd.DataFrame(mrows)
+    return pd.DataFrame(mrows)
 
-    # the curve
+
+def random_attention_curve(df: pd.DataFrame) -> dict | None:
+    """The seed-mean sampled Kruskal-rank curve of the random-attention row, or None if it was not measured."""
     cur = df[(df["representation"] == "random_attention")] if "curve_ks" in df else df.iloc[0:0]
     cur = cur[cur["curve_ks"].notna()] if len(cur) else cur
-    est = None
-    if len(cur):
-        c0 = cur.iloc[0]
-        ks = list(c0["curve_ks"])
-        fr = np.mean(np.array([list(v) for v in cur["curve_fractions"]]), axis=0)
-        est = [int(v) for v in cur["curve_estimate"].dropna()]
-        a.numbers["random_attention_curve"] = {"ks": ks, "fractions": [float(v) for v in fr], "estimates": est,
-                                               "numerical_rank": int(c0["curve_numerical_rank"])}
-        pts = [k_ for k_ in (1, per_rep.get("random_attention", {}).get("n"), min(c0["T"], c0["dim"])) if k_]
-        a.tables["Sampled Kruskal-rank curve, random attention (selected k)"] = pd.DataFrame(
-            [{"k": int(k_), "fraction": float(fr[ks.index(k_)])} for k_ in sorted(set(pts)) if k_ in ks])
+    if not len(cur):
+        return None
+    c0 = cur.iloc[0]
+    fr = np.mean(np.array([list(v) for v in cur["curve_fractions"]]), axis=0)
+    return {"ks": list(c0["curve_ks"]), "fractions": [float(v) for v in fr],
+            "estimates": [int(v) for v in cur["curve_estimate"].dropna()],
+            "numerical_rank": int(c0["curve_numerical_rank"]), "kmax": int(min(c0["T"], c0["dim"]))}
 
-    # claims
-    def claim_a2():
-        got = {r: v["a2"] for r, v in per_rep.items()}
-        if not got:
-            return Claim("C2", "Assumption 2 holds: every token matrix has full rank n, for all four representations",
-                         None, "no representation measured")
-        ok = all(v.get("fmin") == 1.0 for v in got.values())
-        ev = "; ".join(f"{ROW_LABEL[r]}: {round(v['fraction'] * v.get('n', 0))}/{v.get('n')} full rank (ranks {v['ranks']})"
-                       for r, v in got.items())
-        missing = [ROW_LABEL[r] for r in ROWS if r not in got]
-        if missing:
-            ev += f"; not measured: {', '.join(missing)}"
-        return Claim("C2", "Assumption 2 holds: every token matrix has full rank n, for all four representations",
-                     ok if not missing or not ok else (None if ok else False),
-                     ev + ". Rule: every example full rank (notebook: 1973/1973 each).")
 
-    def claim_a1():
-        target = {"embedding": (None, 0.01), "random_attention": (cfg.pass_fraction, None),
-                  "random_vit_layer1": (cfg.pass_fraction, None), "pretrained_vit_layer1": (cfg.pass_fraction, None)}
-        parts, ok, missing = [], True, []
-        for r, (lo, hi) in target.items():
-            if r not in per_rep:
-                missing.append(ROW_LABEL[r])
-                continue
-            f = per_rep[r]["a1"]
-            good = (lo is None or f["fmin"] >= lo) and (hi is None or f["fmax"] <= hi)
-            ok &= good
-            pm = per_rep[r]["p_a1"]
-            pm_txt = f"paper mode {_fmt_frac(pm)}; " if pm else ""
-            parts.append(f"{ROW_LABEL[r]} {_fmt_frac(f)} ({'as' if good else 'NOT as'} expected; {pm_txt}"
-                         f"notebook {PAPER_REF[r]['a1']:g})")
-        ev = "; ".join(parts) + (f"; not measured: {', '.join(missing)}" if missing else "")
-        sup = ok if not missing else (False if not ok else None)
-        return Claim("C3", "Assumption 1 (k = n): fails at the embedding layer (fraction 0), holds for random attention, "
-                     "random layer 1 and pretrained layer 1 (fraction >= %g)" % cfg.pass_fraction, sup, ev)
+# claims: each takes the per-representation summary (and the rule's knobs) and returns one Claim
+def claim_a2(per_rep: dict) -> Claim:
+    stmt = "Assumption 2 holds: every token matrix has full rank n, for all four representations"
+    got = {r: v["a2"] for r, v in per_rep.items()}
+    if not got:
+        return Claim("C2", stmt, None, "no representation measured")
+    ok = all(v.get("fmin") == 1.0 for v in got.values())
+    ev = "; ".join(f"{ROW_LABEL[r]}: {round(v['fraction'] * v.get('n', 0))}/{v.get('n')} full rank (ranks {v['ranks']})"
+                   for r, v in got.items())
+    missing = [ROW_LABEL[r] for r in ROWS if r not in got]
+    if missing:
+        ev += f"; not measured: {', '.join(missing)}"
+    return Claim("C2", stmt, ok if not missing or not ok else None,
+                 ev + ". Rule: every example full rank (notebook: 1973/1973 each).")
 
-    def claim_gp():
-        parts, ok, undecided = [], True, []
-        for r, v in per_rep.items():
-            g = v["gp"]
-            fails = g["fmax"] <= 0.01
-            if not fails and v["T"] < v["d"]:
-                undecided.append(ROW_LABEL[r])     # k = T < d holds: says nothing about k = d
-            else:
-                ok &= fails
-            parts.append(f"{ROW_LABEL[r]} {_fmt_frac(g)} at k = {g.get('k')} (ranks {g.get('ranks', '–')})")
-        if not parts:
-            return Claim("C4", "General Position fails for all four representations", None, "nothing measured")
-        ev = "; ".join(parts) + (". Rule: fraction <= 0.01 for every representation (notebook: 0.0 at k = 768); "
-                                 "with T < d GP is tested at k = T, where a failure implies failure at k = d but a "
-                                 "success decides nothing.")
-        if undecided:
-            ev += f" Undecided (T < d and all T vectors independent): {', '.join(undecided)}."
-        sup = False if not ok else (None if undecided else True)
-        return Claim("C4", "General Position fails for all four representations (sampled fraction 0)", sup, ev)
 
-    def claim_curve():
-        if not len(cur) or "random_attention" not in per_rep:
-            return Claim("C5", "The Kruskal rank of random-attention [CLS] vectors lies between n and d", None,
-                         "curve not measured")
-        n, T, d = per_rep["random_attention"]["n"], per_rep["random_attention"]["T"], per_rep["random_attention"]["d"]
-        e = min(est) if est else None
-        kmax = min(T, d)
-        f_n = float(fr[ks.index(n)]) if n in ks else None
-        f_top = float(fr[ks.index(kmax)]) if kmax in ks else None
-        sup = (e is not None and n <= e < kmax and f_top is not None and f_top <= 0.01)
-        if not sup and T < d and e is not None and e >= kmax:
-            sup = None   # every k <= T passes: the curve cannot reach d, so the claim is undecided
-        ev = (f"estimated Kruskal rank {e} (largest k on the grid with fraction >= {cfg.pass_fraction}); fraction "
-              f"{f_n} at k = n = {n}, {f_top} at k = min(T, d) = {kmax}; notebook: about 250 with fraction 1.0 at 197 "
-              f"and 0 at 768. Rule: n <= estimate < min(T, d) and fraction <= 0.01 at min(T, d).")
-        if T < d:
-            ev += f" Here T = {T} < d = {d}, so the upper end of the curve is k = T, not d."
-        return Claim("C5", "The sampled Kruskal rank of random-attention [CLS] vectors lies in [n, d)",
-                     None if sup is None else bool(sup), ev)
+def claim_a1(per_rep: dict, pass_fraction: float) -> Claim:
+    target = {"embedding": (None, 0.01), "random_attention": (pass_fraction, None),
+              "random_vit_layer1": (pass_fraction, None), "pretrained_vit_layer1": (pass_fraction, None)}
+    parts, ok, missing = [], True, []
+    for r, (lo, hi) in target.items():
+        if r not in per_rep:
+            missing.append(ROW_LABEL[r])
+            continue
+        f = per_rep[r]["a1"]
+        good = (lo is None or f["fmin"] >= lo) and (hi is None or f["fmax"] <= hi)
+        ok &= good
+        pm = per_rep[r]["p_a1"]
+        pm_txt = f"paper mode {_fmt_frac(pm)}; " if pm else ""
+        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(f)} ({'as' if good else 'NOT as'} expected; {pm_txt}"
+                     f"notebook {PAPER_REF[r]['a1']:g})")
+    ev = "; ".join(parts) + (f"; not measured: {', '.join(missing)}" if missing else "")
+    sup = ok if not missing else (False if not ok else None)
+    return Claim("C3", "Assumption 1 (k = n): fails at the embedding layer (fraction 0), holds for random attention, "
+                 "random layer 1 and pretrained layer 1 (fraction >= %g)" % pass_fraction, sup, ev)
 
-    def claim_emb():
-        if "embedding" not in per_rep:
-            return Claim("C14", "At the embedding layer every [CLS] vector is identical, so sampled subsets have rank 1",
-                         None, "not measured")
-        r = per_rep["embedding"]
-        sup = bool(r["identical"]) and r["a1"].get("ranks") == "1" and r["gp"].get("ranks") == "1"
-        return Claim("C14", "At the embedding layer every [CLS] vector is identical, so sampled subsets have rank 1",
-                     sup, f"[CLS] vectors identical across images: {r['identical']}; sampled ranks: A1 {r['a1'].get('ranks')},"
-                          f" GP {r['gp'].get('ranks')}.")
-    a.claims += [claim_a2(), claim_a1(), claim_gp(), claim_curve(), claim_emb()]
 
-    # differences from the notebook, and why
+def claim_gp(per_rep: dict) -> Claim:
+    parts, ok, undecided = [], True, []
+    for r, v in per_rep.items():
+        g = v["gp"]
+        fails = g["fmax"] <= 0.01
+        if not fails and v["T"] < v["d"]:
+            undecided.append(ROW_LABEL[r])     # k = T < d holds: says nothing about k = d
+        else:
+            ok &= fails
+        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(g)} at k = {g.get('k')} (ranks {g.get('ranks', '–')})")
+    if not parts:
+        return Claim("C4", "General Position fails for all four representations", None, "nothing measured")
+    ev = "; ".join(parts) + (". Rule: fraction <= 0.01 for every representation (notebook: 0.0 at k = 768); "
+                             "with T < d GP is tested at k = T, where a failure implies failure at k = d but a "
+                             "success decides nothing.")
+    if undecided:
+        ev += f" Undecided (T < d and all T vectors independent): {', '.join(undecided)}."
+    sup = False if not ok else (None if undecided else True)
+    return Claim("C4", "General Position fails for all four representations (sampled fraction 0)", sup, ev)
+
+
+def claim_curve(per_rep: dict, curve: dict | None, pass_fraction: float) -> Claim:
+    if curve is None or "random_attention" not in per_rep:
+        return Claim("C5", "The Kruskal rank of random-attention [CLS] vectors lies between n and d", None,
+                     "curve not measured")
+    ks, fr, est = curve["ks"], curve["fractions"], curve["estimates"]
+    n, T, d = per_rep["random_attention"]["n"], per_rep["random_attention"]["T"], per_rep["random_attention"]["d"]
+    e = min(est) if est else None
+    kmax = min(T, d)
+    f_n = float(fr[ks.index(n)]) if n in ks else None
+    f_top = float(fr[ks.index(kmax)]) if kmax in ks else None
+    sup = (e is not None and n <= e < kmax and f_top is not None and f_top <= 0.01)
+    if not sup and T < d and e is not None and e >= kmax:
+        sup = None   # every k <= T passes: the curve cannot reach d, so the claim is undecided
+    ev = (f"estimated Kruskal rank {e} (largest k on the grid with fraction >= {pass_fraction}); fraction "
+          f"{f_n} at k = n = {n}, {f_top} at k = min(T, d) = {kmax}; notebook: about 250 with fraction 1.0 at 197 "
+          f"and 0 at 768. Rule: n <= estimate < min(T, d) and fraction <= 0.01 at min(T, d).")
+    if T < d:
+        ev += f" Here T = {T} < d = {d}, so the upper end of the curve is k = T, not d."
+    return Claim("C5", "The sampled Kruskal rank of random-attention [CLS] vectors lies in [n, d)",
+                 None if sup is None else bool(sup), ev)
+
+
+def claim_embedding(per_rep: dict) -> Claim:
+    stmt = "At the embedding layer every [CLS] vector is identical, so sampled subsets have rank 1"
+    if "embedding" not in per_rep:
+        return Claim("C14", stmt, None, "not measured")
+    r = per_rep["embedding"]
+    sup = bool(r["identical"]) and r["a1"].get("ranks") == "1" and r["gp"].get("ranks") == "1"
+    return Claim("C14", stmt, sup, f"[CLS] vectors identical across images: {r['identical']}; sampled ranks: A1 "
+                 f"{r['a1'].get('ranks')}, GP {r['gp'].get('ranks')}.")
+
+
+def differences_from_notebook(cfg: Config, df: pd.DataFrame, per_rep: dict, avail: dict) -> list[str]:
+    """Notes on how this run differs from the notebook's, and why the numbers may differ."""
+    notes = []
     T0 = int(df["T"].iloc[0])
-    a.notes.append(f"Images: {df['images'].iloc[0] if 'images' in df else cfg.image_source}; T = {T0} (notebook: "
-                   f"{PAPER_SETUP['T']} ImageNet-1k training images). Crops of a few photographs are distinct but "
-                   "correlated images, which can lower Kruskal and subset ranks of the deeper representations.")
+    notes.append(f"Images: {df['images'].iloc[0] if 'images' in df else cfg.image_source}; T = {T0} (notebook: "
+                 f"{PAPER_SETUP['T']} ImageNet-1k training images). Crops of a few photographs are distinct but "
+                 "correlated images, which can lower Kruskal and subset ranks of the deeper representations.")
     small = sorted({v["d"] for v in per_rep.values() if v["T"] < v["d"]})
     if small:
-        a.notes.append(f"T = {T0} < d (d = {', '.join(map(str, small))}): General Position is tested at k = min(T, d) = T "
-                       "(all vectors at once), whereas the notebook used k = d = 768 with T = 1973; GP rank ranges are "
-                       "therefore not comparable.")
+        notes.append(f"T = {T0} < d (d = {', '.join(map(str, small))}): General Position is tested at k = min(T, d) = T "
+                     "(all vectors at once), whereas the notebook used k = d = 768 with T = 1973; GP rank ranges are "
+                     "therefore not comparable.")
     if cfg.n_subsets != PAPER_SETUP["subsets"] or (cfg.paper_mode and cfg.paper_subsets != PAPER_SETUP["subsets"]):
-        a.notes.append(f"{cfg.n_subsets} random subsets per sampled check ({cfg.paper_subsets} in paper mode; notebook: "
-                       "5000); the 95% Clopper-Pearson interval of a fraction 1.0 is [{:.4f}, 1].".format(
-                           0.025 ** (1 / cfg.n_subsets)))
+        notes.append(f"{cfg.n_subsets} random subsets per sampled check ({cfg.paper_subsets} in paper mode; notebook: "
+                     "5000); the 95% Clopper-Pearson interval of a fraction 1.0 is [{:.4f}, 1].".format(
+                         0.025 ** (1 / cfg.n_subsets)))
     if "pretrained_vit_layer1" in per_rep:
         r = per_rep["pretrained_vit_layer1"]
         if "DINOv2" in str(r["model"]) or r["d"] != 768:
-            a.notes.append(f"Pretrained row: {r['model']}, n = {r['n']}, d = {r['d']} -- not the notebook's ViT-B/16 "
-                           "in21k (n = 197, d = 768): different weights, training and token count, so its numbers are "
-                           "not comparable one-to-one with the notebook's 0.9982.")
+            notes.append(f"Pretrained row: {r['model']}, n = {r['n']}, d = {r['d']} -- not the notebook's ViT-B/16 "
+                         "in21k (n = 197, d = 768): different weights, training and token count, so its numbers are "
+                         "not comparable one-to-one with the notebook's 0.9982.")
     for rep, r in per_rep.items():
         for key, lab in (("gp", "General Position"), ("a1", "Assumption 1")):
             f64, fp = r[key], r["p_" + key]
             if not fp or not f64:
                 continue
-            v64 = _verdict(f64, key, cfg.pass_fraction)
-            vp = _verdict(fp, key, cfg.pass_fraction)
-            if v64 != vp:
-                a.notes.append(
+            if _verdict(f64, key, cfg.pass_fraction) != _verdict(fp, key, cfg.pass_fraction):
+                notes.append(
                     f"{ROW_LABEL[rep]}, {lab}: the conventions disagree -- fraction {_fmt_frac(f64)} at tol = {cfg.tol:g} on "
                     f"unit vectors, {_fmt_frac(fp)} in the notebook's float32 convention (ranks {fp.get('ranks', '–')}). "
                     "The notebook's threshold is relative, max(k, d) eps_float32 sigma_max (about 9e-5 sigma_max at "
                     "k = 197, d = 768), and [CLS] vectors that share a large common component have a large sigma_max; "
                     "see the tolerance sweep for the fraction at larger absolute tolerances.")
     for rep, reason in avail.items():
-        a.notes.append(f"{ROW_LABEL[rep]}: {reason}.")
-    a.notes.append("Random rows: transformers' ViT-B/16 initialisation under torch.manual_seed(seed) (the notebook's "
-                   "random ViT had no seed); the random attention layer has Xavier-uniform weights without bias "
-                   "(project choice). Rank ranges of random layers vary with the seed (spec C4).")
-    a.notes.append(f"Conventions: main table in float64 on unit vectors, full rank iff sigma_min > tol = {cfg.tol:g}; "
-                   "'paper mode' = float32 torch.linalg.matrix_rank at its default tolerance, as in the notebook. "
-                   f"A sampled check holds when its fraction is >= {cfg.pass_fraction} (project rule; the notebook's "
-                   "0.9982 counts as holding); an exhaustive check or Assumption 2 needs every subset / example.")
+        notes.append(f"{ROW_LABEL[rep]}: {reason}.")
+    notes.append("Random rows: transformers' ViT-B/16 initialisation under torch.manual_seed(seed) (the notebook's "
+                 "random ViT had no seed); the random attention layer has Xavier-uniform weights without bias "
+                 "(project choice). Rank ranges of random layers vary with the seed (spec C4).")
+    notes.append(f"Conventions: main table in float64 on unit vectors, full rank iff sigma_min > tol = {cfg.tol:g}; "
+                 "'paper mode' = float32 torch.linalg.matrix_rank at its default tolerance, as in the notebook. "
+                 f"A sampled check holds when its fraction is >= {cfg.pass_fraction} (project rule; the notebook's "
+                 "0.9982 counts as holding); an exhaustive check or Assumption 2 needs every subset / example.")
+    return notes
+
+
+def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
+    a = Analysis()
+    per_rep, avail, rows, ref_rows = summarize_representations(cfg, df)
+    a.tables["Assumption table (float64, unit vectors, tol = %g; ✓ = holds)" % cfg.tol] = pd.DataFrame(rows)
+    if ref_rows:
+        a.tables["Side by side with the notebook (float32, torch default tolerance)"] = pd.DataFrame(ref_rows)
+    if per_rep:
+        a.tables["Margins (smallest sigma_min of unit vectors among full-rank subsets / examples) and Assumption-1 "
+                 "fractions at other tolerances (same subsets)"] = margin_table(df, per_rep)
+    curve = random_attention_curve(df)
+    if curve is not None:
+        a.numbers["random_attention_curve"] = {k: curve[k] for k in ("ks", "fractions", "estimates", "numerical_rank")}
+        pts = [k_ for k_ in (1, per_rep.get("random_attention", {}).get("n"), curve["kmax"]) if k_]
+        a.tables["Sampled Kruskal-rank curve, random attention (selected k)"] = pd.DataFrame(
+            [{"k": int(k_), "fraction": float(curve["fractions"][curve["ks"].index(k_)])}
+             for k_ in sorted(set(pts)) if k_ in curve["ks"]])
+    a.claims += [claim_a2(per_rep), claim_a1(per_rep, cfg.pass_fraction), claim_gp(per_rep),
+                 claim_curve(per_rep, curve, cfg.pass_fraction), claim_embedding(per_rep)]
+    a.notes += differences_from_notebook(cfg, df, per_rep, avail)
     a.numbers["table"] = {rep: {"gp": v["gp"].get("fraction"), "a1": v["a1"].get("fraction"),
                                 "a2": v["a2"].get("fraction"), "verdicts": list(v["v"])} for rep, v in per_rep.items()}
     return a
 
 
 def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> list[str]:
-    import os
-
     import matplotlib.pyplot as plt
     names = []
     curve = analysis.numbers.get("random_attention_curve")
@@ -553,7 +568,6 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         axes[0].set_ylabel("satisfied fraction")
         axes[0].legend(fontsize=7, loc="center left")
         names.append(save_figure(fig, fig_dir, "assumptions_fractions"))
-    del os
     return names
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.figures import save_figure
 from vitheory.config import check_all_in_range, knob
 from vitheory.experiments import _shallow as S
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class Config(S.ShallowConfig):
     N: int = knob(200, "training samples")
     lr_grid: tuple[float, ...] = knob((0.1, 0.2, 0.5), "step sizes eta compared")
     log_every: int = knob(10, "iterations between two measurements of A(t)")
-    probe_size: int = knob(64, "fresh samples on which A(t) is measured", True)
-    plateau_frac: float = knob(0.25, "last fraction of the curve that defines the plateau A_inf", True)
+    probe_size: int = knob(64, "fresh samples on which A(t) is measured", project_choice=True)
+    plateau_frac: float = knob(0.25, "last fraction of the curve that defines the plateau A_inf", project_choice=True)
     steps: int = knob(300, "SGD iterations T")
     seeds: int = knob(5, "trials per step size")
 
@@ -49,7 +50,7 @@ def trials(cfg: Config) -> list[dict]:
 def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
     import torch
     patterns = [S.trial_patterns(cfg, t) for t in batch]
-    probes = [S.draw(cfg, t, p, cfg.probe_size, S.generator(t["seed"], S._PROBE)) for t, p in zip(batch, patterns)]
+    probes = [S.draw(cfg, t, p, cfg.probe_size, S.generator(t["seed"], S.PROBE)) for t, p in zip(batch, patterns)]
     PX = torch.stack([p.X for p in probes]).to(device)
     PC = torch.stack([p.category for p in probes]).to(device)
     curves: list[torch.Tensor] = []
@@ -136,23 +137,12 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     ax.set_ylim(0, 1)
     ax.legend()
     ax.set_title(f"alpha_*={cfg.alpha_star:g}, N={cfg.N} (band: min-max over {cfg.seeds} seeds)")
-    return [S.save_figure(fig, fig_dir, "attention_concentration")]
+    return [save_figure(fig, fig_dir, "attention_concentration")]
 
 
-EXPERIMENT = Experiment(
-    name="attention-concentration",
-    paper=S.PAPER1,
-    figure="Figure 2a, Proposition 2",
-    claim="SGD makes attention concentrate on label-relevant tokens: A(t) -> 1 - eta^C at rate O(1/t)",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=S.group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {**S.SMOKE, "steps": 40, "log_every": 10, "seeds": 2, "N": 40, "n_test": 100, "probe_size": 16,
-                      "lr_grid": (0.2, 0.5)},
-            "default": {},
-            "paper": {"steps": 500, "seeds": 20, "lr_grid": (0.05, 0.1, 0.2, 0.5, 1.0)}},
-)
+EXPERIMENT = S.shallow_experiment(
+    "attention-concentration", "Figure 2a, Proposition 2",
+    "SGD makes attention concentrate on label-relevant tokens: A(t) -> 1 - eta^C at rate O(1/t)",
+    Config, trials, analyze, plot, run_trials=run_trials,
+    smoke={"steps": 40, "log_every": 10, "N": 40, "probe_size": 16, "lr_grid": (0.2, 0.5)},
+    paper={"steps": 500, "seeds": 20, "lr_grid": (0.05, 0.1, 0.2, 0.5, 1.0)})

@@ -22,7 +22,8 @@ import pandas as pd
 from vitheory.config import ConfigError, check_all_in_range, knob
 from vitheory.experiments import _shallow as S
 from vitheory.experiments import sample_complexity as SC
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.analysis.figures import save_figure
+from vitheory.experiments.base import Analysis, Claim
 
 MODELS = ("cnn", "vit")
 
@@ -46,10 +47,6 @@ class Config(SC.Calibration):
 def trials(cfg: Config) -> list[dict]:
     return [{"model": m, "alpha_star": v ** -0.25, "inv_alpha": v ** 0.25, "N": N, "seed": s}
             for m in cfg.models for v in cfg.inv_alpha4 for N in cfg.N_grid for s in range(cfg.seeds)]
-
-
-def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
-    return S.train_trials(cfg, batch, device)[0]
 
 
 def _n_min_or_censored(tab: pd.DataFrame) -> np.ndarray:
@@ -133,26 +130,13 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         im = SC.heatmap(ax, df[df["model"] == model], 4, analysis.tables.get(f"{name}: phase boundary N_min per alpha_*"),
                         f"{name}: success rate")
         fig.colorbar(im, ax=ax)
-    return [S.save_figure(fig, fig_dir, "cnn_sample_complexity_heatmap")]
+    return [save_figure(fig, fig_dir, "cnn_sample_complexity_heatmap")]
 
 
-EXPERIMENT = Experiment(
-    name="cnn-sample-complexity",
-    paper=S.PAPER1,
-    figure="Figure 1b, Proposition 1",
-    claim="a CNN of the same size needs N_min ~ alpha_*^-4, more samples than the ViT at equal alpha_*",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=S.group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={
-        "smoke": {**S.SMOKE, "inv_alpha4": (120.0, 200.0), "N_grid": (40, 120), "seeds": 2, "steps": 60,
-                  "n_test": 200, "eval_every": 20},
-        "default": {},
-        "paper": {"inv_alpha4": tuple(float(v) for v in range(120, 201, 10)), "N_grid": tuple(range(80, 801, 80)),
-                  "seeds": 20},
-    },
-)
+EXPERIMENT = S.shallow_experiment(
+    "cnn-sample-complexity", "Figure 1b, Proposition 1",
+    "a CNN of the same size needs N_min ~ alpha_*^-4, more samples than the ViT at equal alpha_*",
+    Config, trials, analyze, plot,
+    smoke={"inv_alpha4": (120.0, 200.0), "N_grid": (40, 120), "steps": 60, "n_test": 200},
+    paper={"inv_alpha4": tuple(float(v) for v in range(120, 201, 10)), "N_grid": tuple(range(80, 801, 80)),
+           "seeds": 20})

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.figures import save_figure
+from vitheory.analysis.stats import linear_fit, loglog_fit
 from vitheory.config import check_all_in_range, knob
 from vitheory.experiments import _shallow as S
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Config(S.ShallowConfig):
     inv_alpha_grid: tuple[float, ...] = knob((2.0, 2.5, 3.0, 3.5), "grid of 1/alpha_* (sweep a)")
     alpha_star: float = knob(0.4, "alpha_* of sweep b")
     lr_grid: tuple[float, ...] = knob((0.05, 0.1, 0.2, 0.4), "grid of eta (sweep b)")
-    lr: float = knob(0.1, "eta of sweep a", True)
+    lr: float = knob(0.1, "eta of sweep a", project_choice=True)
     eval_every: int = knob(2, "iterations between training-error checks")
     steps: int = knob(1500, "maximum iterations")
     seeds: int = knob(5, "trials per point")
@@ -48,10 +50,6 @@ def trials(cfg: Config) -> list[dict]:
     return a + b
 
 
-def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
-    return S.train_trials(cfg, batch, device)[0]
-
-
 def _sweep(df: pd.DataFrame, sweep: str, xcol: str, xname: str) -> tuple[pd.DataFrame, dict]:
     sub = df[df["sweep"] == sweep].copy()
     sub["x"] = 1 / sub[xcol]
@@ -64,8 +62,8 @@ def _sweep(df: pd.DataFrame, sweep: str, xcol: str, xname: str) -> tuple[pd.Data
     tab = pd.DataFrame(rows)
     ok = tab.dropna(subset=["mean iterations"])
     ok = ok[ok["mean iterations"] > 0]
-    fit = S.loglog_fit(ok[xname].to_numpy(), ok["mean iterations"].to_numpy())
-    lin = S.linear_fit(ok[xname].to_numpy(), ok["mean iterations"].to_numpy())
+    fit = loglog_fit(ok[xname].to_numpy(), ok["mean iterations"].to_numpy())
+    lin = linear_fit(ok[xname].to_numpy(), ok["mean iterations"].to_numpy(), skip_constant=True)
     fit.update({f"linear_{k}": v for k, v in lin.items() if k != "n_points"})
     return tab, fit
 
@@ -104,24 +102,13 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         ax.set_xlabel(x)
         ax.set_ylabel("iterations to zero training error")
         ax.set_title(title, fontsize=9)
-    return [S.save_figure(fig, fig_dir, "iterations")]
+    return [save_figure(fig, fig_dir, "iterations")]
 
 
-EXPERIMENT = Experiment(
-    name="iterations",
-    paper=S.PAPER1,
-    figure="Theorem 1 (T = Theta(1/(alpha_* eta)))",
-    claim="SGD iterations to zero training error grow like 1/alpha_* and like 1/eta",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=S.group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {**S.SMOKE, "N": 40, "steps": 60, "seeds": 2, "n_test": 100, "inv_alpha_grid": (2.0, 3.0, 3.5),
-                      "lr_grid": (0.1, 0.2, 0.4), "eval_every": 5},
-            "default": {},
-            "paper": {"seeds": 20, "inv_alpha_grid": (2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5),
-                      "lr_grid": (0.025, 0.05, 0.1, 0.2, 0.4), "steps": 4000}},
-)
+EXPERIMENT = S.shallow_experiment(
+    "iterations", "Theorem 1 (T = Theta(1/(alpha_* eta)))",
+    "SGD iterations to zero training error grow like 1/alpha_* and like 1/eta",
+    Config, trials, analyze, plot,
+    smoke={"N": 40, "steps": 60, "inv_alpha_grid": (2.0, 3.0, 3.5), "lr_grid": (0.1, 0.2, 0.4), "eval_every": 5},
+    paper={"seeds": 20, "inv_alpha_grid": (2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5),
+           "lr_grid": (0.025, 0.05, 0.1, 0.2, 0.4), "steps": 4000})

@@ -1,7 +1,7 @@
 """Figure 2b of Mahdavi et al. (ICLR 2024): memorization capacity against the context size n (claim C8).
 
 At fixed d, H and d_h, the capacity M(n) = max_T acc x T is measured for n < d (see
-:mod:`vitheory.experiments.memorization_common`).  Theorem 1 (Omega(H min(n, d_h))) predicts that memorization
+:mod:`vitheory.experiments._memorization`).  Theorem 1 (Omega(H min(n, d_h))) predicts that memorization
 grows monotonically in n.
 
 Verdict rule (claim C8, per context type; proposed thresholds of the spec): Spearman rho(n, M) >= ``rho_min``
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vitheory.config import check_range, knob
-from vitheory.experiments import memorization_common as C
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.analysis.stats import linear_fit, spearman
+from vitheory.config import ConfigError, check_range, knob
+from vitheory.experiments import _memorization as C
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,11 @@ class Config(C.MemConfig):
     ns: tuple[int, ...] = knob((1, 2, 4, 8, 12, 15), "grid of context sizes n (each < d)")
     H: int = knob(4, "number of heads")
     d_head: int | None = knob(None, "head (key/query) dimension d_h; None = d")
-    rho_min: float = knob(0.9, "Spearman rho(n, M) needed for claim C8 (proposed threshold)", True)
+    rho_min: float = knob(0.9, "Spearman rho(n, M) needed for claim C8 (proposed threshold)", project_choice=True)
 
     def validate(self) -> None:
         super().validate()
         if len(self.ns) == 0:
-            from vitheory.config import ConfigError
             raise ConfigError(f"ns is empty; give context sizes in [1, d-1] = [1, {self.d - 1}]")
         for n in self.ns:
             C.check_n("ns", n, self.d)
@@ -63,7 +63,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         tab = cap[cap["context"] == context]
         stmt = f"{context} context: memorization capacity grows monotonically in n (Spearman rho >= {cfg.rho_min:g})"
         caps = ", ".join(f"n={int(r.n)}: {C.fmt_pm(r.M_mean, r.M_std)}" for r in tab.itertuples())
-        rho = C.spearman(tab["n"], tab["M_mean"])
+        rho = spearman(tab["n"], tab["M_mean"])
         if rho is None:
             a.claims.append(Claim(f"C8-{context}", stmt, None, f"{len(tab)} value(s) of n; need 3. {caps}"))
             continue
@@ -81,7 +81,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
             sup = bool(rho >= cfg.rho_min and last.M_mean > first.M_mean)
         a.claims.append(Claim(f"C8-{context}", stmt, sup, ev))
         a.numbers[context] = {"spearman_rho": rho, "capacity": {int(r.n): float(r.M_mean) for r in tab.itertuples()},
-                              "fit": C.linear_fit(tab["n"], tab["M_mean"])}
+                              "fit": linear_fit(tab["n"], tab["M_mean"])}
     show = cap.copy()
     show["M (mean±std)"] = [C.fmt_pm(m, s) for m, s in zip(show["M_mean"], show["M_std"])]
     a.tables["capacity M = max_T acc·T per (context, n)"] = show[["context", "n", "M (mean±std)", "seeds",
@@ -97,27 +97,12 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     return C.plot_capacity(cfg, df, "n", "context size n", fig_dir, "memorization_context")
 
 
-EXPERIMENT = Experiment(
-    name="memorization-context",
-    paper=C.PAPER2,
-    figure="Figure 2b (capacity against n), claims C8, C10",
-    claim="at fixed d and H, the memorization capacity grows monotonically in the context size n (n < d)",
-    config=Config,
-    trials=trials,
-    run_trials=C.run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=C.group_key,
-    max_batch=C.max_batch,
-    scales={
-        "smoke": {"d": 8, "ns": (1, 3, 6), "H": 2, "T_shared": (8, 16, 32), "T_random": (8, 16, 32), "seeds": 1,
-                  "min_train_steps": 60, "eval_every": 20, "batch_size": 64, "check_subsets": 50},
-        "default": {},
-        "paper": {"d": 64, "ns": (1, 5, 10, 20, 30, 40, 50, 60), "H": 20,
-                  "T_shared": (6_000, 10_000, 14_000, 18_000), "T_random": (20_000, 30_000, 40_000, 50_000, 60_000),
-                  "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "eval_every": 500, "check_subsets": 5000,
-                  "threads": 0, "max_models": 8},
-    },
+EXPERIMENT = C.memorization_experiment(
+    "memorization-context", "Figure 2b (capacity against n), claims C8, C10",
+    "at fixed d and H, the memorization capacity grows monotonically in the context size n (n < d)",
+    Config, trials, analyze, plot,
+    smoke={"ns": (1, 3, 6), "H": 2},
+    paper={"ns": (1, 5, 10, 20, 30, 40, 50, 60), "H": 20, "T_shared": (6_000, 10_000, 14_000, 18_000),
+           "T_random": (20_000, 30_000, 40_000, 50_000, 60_000)},
     description="Per (context, n): models trained on every T of the grid and every seed; capacity "
-                "M = max_T acc·T on the training set.",
-)
+                "M = max_T acc·T on the training set.")

@@ -1,7 +1,7 @@
 """Figure 2c of Mahdavi et al. (ICLR 2024): memorization capacity against the head dimension d_h (claim C9).
 
 At fixed d, H and n the capacity M(d_h) = max_T acc x T is measured over a grid of d_h (see
-:mod:`vitheory.experiments.memorization_common`).  Theorem 1 (Omega(H min(n, d_h))) predicts a gain from d_h
+:mod:`vitheory.experiments._memorization`).  Theorem 1 (Omega(H min(n, d_h))) predicts a gain from d_h
 only while d_h <= n.  For a shared context this is also an exact expressivity fact: the query-row scores are
 x_0 A_h with A_h = W_Q^h (X_c W_K^h)^T, a d x n matrix of rank <= min(d_h, n), and every such matrix is
 reachable once d_h >= n -- so d_h > n cannot add anything.
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.stats import hinge_fit, spearman
 from vitheory.config import check_range, knob
-from vitheory.experiments import memorization_common as C
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments import _memorization as C
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,12 @@ class Config(C.MemConfig):
     d_heads: tuple[int, ...] = knob((1, 2, 4, 6, 8, 10, 12, 16), "grid of head dimensions d_h")
     H: int = knob(4, "number of heads")
     n: int = knob(8, "context size n (< d)")
-    T_shared: tuple[int, ...] = knob((50, 100, 150, 200, 300, 400), "grid of T, shared context", True)
-    T_random: tuple[int, ...] = knob((100, 200, 300, 400, 600, 800), "grid of T, random contexts", True)
-    rho_min: float = knob(0.9, "Spearman rho needed over d_h <= n (proposed)", True)
-    plateau_tol: float = knob(0.05, "largest relative change allowed beyond n (proposed)", True)
-    knee_lo: float = knob(0.75, "knee must lie in [knee_lo n, knee_hi n] (proposed)", True)
-    knee_hi: float = knob(1.25, "see knee_lo", True)
+    T_shared: tuple[int, ...] = knob((50, 100, 150, 200, 300, 400), "grid of T, shared context", project_choice=True)
+    T_random: tuple[int, ...] = knob((100, 200, 300, 400, 600, 800), "grid of T, random contexts", project_choice=True)
+    rho_min: float = knob(0.9, "Spearman rho needed over d_h <= n (proposed)", project_choice=True)
+    plateau_tol: float = knob(0.05, "largest relative change allowed beyond n (proposed)", project_choice=True)
+    knee_lo: float = knob(0.75, "knee must lie in [knee_lo n, knee_hi n] (proposed)", project_choice=True)
+    knee_hi: float = knob(1.25, "see knee_lo", project_choice=True)
 
     def validate(self) -> None:
         super().validate()
@@ -66,7 +67,7 @@ def _claims(cfg: Config, context: str, tab: pd.DataFrame) -> tuple[list[Claim], 
     above = tab[tab["d_head"] > n]
     out, nums = [], {"capacity": {int(r.d_head): float(r.M_mean) for r in tab.itertuples()}}
 
-    rho = C.spearman(below["d_head"], below["M_mean"])
+    rho = spearman(below["d_head"], below["M_mean"])
     stmt = f"{context} context: capacity increases with d_h while d_h <= n={n} (Spearman rho >= {cfg.rho_min:g})"
     if rho is None:
         out.append(Claim(f"C9-increase-{context}", stmt, None, f"{len(below)} d_h value(s) <= n; need 3. {caps}"))
@@ -91,7 +92,7 @@ def _claims(cfg: Config, context: str, tab: pd.DataFrame) -> tuple[list[Claim], 
                          f"{first.M_mean:.1f}, M(d_h={int(ref.d_head)}) = {ref.M_mean:.1f}: relative change "
                          f"{rel:.1%} (spread over all d_h > n: {spread:.1%}).{cens_note}"))
 
-    fit = C.hinge_fit(tab["d_head"], tab["M_mean"])
+    fit = hinge_fit(tab["d_head"], tab["M_mean"])
     lo, hi = cfg.knee_lo * n, cfg.knee_hi * n
     stmt = f"{context} context: a piecewise-linear fit puts the knee of M(d_h) near n (in [{lo:g}, {hi:g}])"
     if not fit:
@@ -136,28 +137,12 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
                            vline={"x": cfg.n, "label": f"d_h = n = {cfg.n}"})
 
 
-EXPERIMENT = Experiment(
-    name="memorization-head-dim",
-    paper=C.PAPER2,
-    figure="Figure 2c (capacity against d_h), claim C9",
-    claim="at fixed d, H and n, a larger head dimension d_h increases memorization only while d_h <= n",
-    config=Config,
-    trials=trials,
-    run_trials=C.run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=C.group_key,
-    max_batch=C.max_batch,
-    scales={
-        "smoke": {"d": 8, "n": 3, "d_heads": (1, 2, 3, 5, 8), "H": 2, "T_shared": (8, 16, 32),
-                  "T_random": (8, 16, 32), "seeds": 1, "min_train_steps": 60, "eval_every": 20, "batch_size": 64,
-                  "check_subsets": 50},
-        "default": {},
-        "paper": {"d": 64, "n": 32, "H": 30, "d_heads": (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 64),
-                  "contexts": ("shared",), "T_shared": (10_000, 15_000, 20_000), "T_random": (10_000, 15_000, 20_000),
-                  "seeds": 1, "lr": 1e-3, "min_train_steps": 300_000, "eval_every": 500, "check_subsets": 5000,
-                  "threads": 0, "max_models": 8},
-    },
+EXPERIMENT = C.memorization_experiment(
+    "memorization-head-dim", "Figure 2c (capacity against d_h), claim C9",
+    "at fixed d, H and n, a larger head dimension d_h increases memorization only while d_h <= n",
+    Config, trials, analyze, plot,
+    smoke={"n": 3, "d_heads": (1, 2, 3, 5, 8), "H": 2},
+    paper={"n": 32, "H": 30, "d_heads": (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 64), "contexts": ("shared",),
+           "T_shared": (10_000, 15_000, 20_000), "T_random": (10_000, 15_000, 20_000), "min_train_steps": 300_000},
     description="Per (context, d_h): models trained on every T of the grid and every seed; capacity "
-                "M = max_T acc·T on the training set.",
-)
+                "M = max_T acc·T on the training set.")

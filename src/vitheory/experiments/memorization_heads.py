@@ -1,7 +1,7 @@
 """Figure 2a of Mahdavi et al. (ICLR 2024): memorization capacity against the number of heads H (claim C7).
 
 At fixed d, n and d_h, models with H heads are trained on random-label data sets of size T over a grid, and the
-capacity M(H) = max_T acc x T is measured (see :mod:`vitheory.experiments.memorization_common`).  Theorem 1
+capacity M(H) = max_T acc x T is measured (see :mod:`vitheory.experiments._memorization`).  Theorem 1
 gives a lower bound Omega(H n): at fixed d, memorization grows linearly in H.
 
 Verdict rule (claim C7, per context type): a least-squares line M = a H + b through the seed-mean capacities
@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.stats import linear_fit
 from vitheory.config import check_range, knob
-from vitheory.experiments import memorization_common as C
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments import _memorization as C
+from vitheory.experiments.base import Analysis, Claim
 from vitheory.models.mha import attention_param_count
 
 
@@ -33,7 +34,7 @@ class Config(C.MemConfig):
     heads: tuple[int, ...] = knob((1, 2, 4, 6, 8), "grid of head counts H")
     n: int = knob(8, "context size n (< d)")
     d_head: int | None = knob(None, "head (key/query) dimension d_h; None = d")
-    r2_min: float = knob(0.95, "R^2 a linear fit must reach for claim C7 (proposed threshold)", True)
+    r2_min: float = knob(0.95, "R^2 a linear fit must reach for claim C7 (proposed threshold)", project_choice=True)
 
     def validate(self) -> None:
         super().validate()
@@ -62,9 +63,9 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     cap = C.capacity_table(df, "H")
     for context in [c for c in cfg.contexts if (cap["context"] == c).any()]:
         tab = cap[cap["context"] == context]
-        fit = C.linear_fit(tab["H"], tab["M_mean"])
+        fit = linear_fit(tab["H"], tab["M_mean"])
         per_seed = C.capacity_per_seed(df[df["context"] == context], "H")
-        fit_all = C.linear_fit(per_seed["H"], per_seed["M"])
+        fit_all = linear_fit(per_seed["H"], per_seed["M"])
         stmt = (f"{context} context: memorization capacity grows linearly in H "
                 f"(slope 95% CI > 0 and R² >= {cfg.r2_min:g})")
         caps = ", ".join(f"H={int(r.H)}: {C.fmt_pm(r.M_mean, r.M_std)}" for r in tab.itertuples())
@@ -111,28 +112,12 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     return C.plot_capacity(cfg, df, "H", "heads H", fig_dir, "memorization_heads", fits=fits)
 
 
-EXPERIMENT = Experiment(
-    name="memorization-heads",
-    paper=C.PAPER2,
-    figure="Figure 2a (capacity against H), claims C7, C10, C12",
-    claim="at fixed d and n, the memorization capacity of one attention layer grows linearly in the number of heads H",
-    config=Config,
-    trials=trials,
-    run_trials=C.run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=C.group_key,
-    max_batch=C.max_batch,
-    scales={
-        "smoke": {"d": 8, "n": 3, "heads": (1, 2, 3), "T_shared": (8, 16, 32), "T_random": (8, 16, 32),
-                  "seeds": 1, "min_train_steps": 60, "eval_every": 20, "batch_size": 64, "check_subsets": 50},
-        "default": {},
-        "paper": {"d": 64, "n": 32, "heads": (1, 5, 10, 20, 30, 40, 50, 60),
-                  "T_shared": (10_000, 20_000, 30_000, 40_000),
-                  "T_random": (30_000, 50_000, 70_000, 90_000, 110_000, 130_000),
-                  "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "eval_every": 500, "check_subsets": 5000,
-                  "threads": 0, "max_models": 8},
-    },
+EXPERIMENT = C.memorization_experiment(
+    "memorization-heads", "Figure 2a (capacity against H), claims C7, C10, C12",
+    "at fixed d and n, the memorization capacity of one attention layer grows linearly in the number of heads H",
+    Config, trials, analyze, plot,
+    smoke={"n": 3, "heads": (1, 2, 3)},
+    paper={"n": 32, "heads": (1, 5, 10, 20, 30, 40, 50, 60), "T_shared": (10_000, 20_000, 30_000, 40_000),
+           "T_random": (30_000, 50_000, 70_000, 90_000, 110_000, 130_000)},
     description="Per (context, H): models trained on every T of the grid and every seed; capacity "
-                "M = max_T acc·T on the training set (the reference's best-loss checkpoint).",
-)
+                "M = max_T acc·T on the training set (the reference's best-loss checkpoint).")

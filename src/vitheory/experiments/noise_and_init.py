@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.boundary import n_min_table
+from vitheory.analysis.figures import save_figure
 from vitheory.config import check_all_in_range, knob
 from vitheory.experiments import _shallow as S
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,9 @@ class Config(S.ShallowConfig):
     N_grid: tuple[int, ...] = knob((20, 40, 80, 160, 320), "grid of N")
     tau_grid: tuple[float, ...] = knob((1.0, 2.0, 3.0, 3.5), "noise levels tau compared (sweep a)")
     sigma_grid: tuple[float, ...] = knob((0.1, 1.0, 2.0, 3.0), "initial model errors sigma compared (sweep b)")
-    sigma_sweep_tau: float = knob(2.0, "noise level tau held fixed in the sigma sweep", True)
-    init_error_moves_qk: bool = knob(False, "sweep b also sets delta = sigma for W_Q, W_K", True)
-    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", True)
+    sigma_sweep_tau: float = knob(2.0, "noise level tau held fixed in the sigma sweep", project_choice=True)
+    init_error_moves_qk: bool = knob(False, "sweep b also sets delta = sigma for W_Q, W_K", project_choice=True)
+    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", project_choice=True)
     seeds: int = knob(5, "trials per cell")
 
     def validate(self) -> None:
@@ -48,10 +50,6 @@ def trials(cfg: Config) -> list[dict]:
         b += [{"sweep": "sigma", "value": sg, "sigma": sg, "tau": cfg.sigma_sweep_tau, **extra, "alpha_star": cfg.alpha_star, "N": N, "seed": s}
               for N in cfg.N_grid for s in range(cfg.seeds)]
     return a + b
-
-
-def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
-    return S.train_trials(cfg, batch, device)[0]
 
 
 def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max: int, grid_min: int) -> Claim:
@@ -83,7 +81,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         sub = df[df["sweep"] == sweep]
         if len(sub) == 0:
             continue
-        tab = S.n_min_table(sub, "value", cfg.success_rate)
+        tab = n_min_table(sub, "value", cfg.success_rate)
         rates = sub.pivot_table(index="value", columns="N", values="success", aggfunc="mean")
         tab = tab.merge(rates.reset_index(), on="value")
         tab.columns = [f"success@N={c}" if isinstance(c, (int, np.integer)) else c for c in tab.columns]
@@ -108,24 +106,13 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         ax.set_ylabel("success rate")
         ax.set_title(f"success against N for several {sweep}")
         ax.legend(fontsize=8)
-    return [S.save_figure(fig, fig_dir, "noise_and_init")]
+    return [save_figure(fig, fig_dir, "noise_and_init")]
 
 
-EXPERIMENT = Experiment(
-    name="noise-and-init",
-    paper=S.PAPER1,
-    figure="Theorem 1 (noise and initial-error factors of the sample complexity)",
-    claim="N_min increases with the token noise level and with the initial model error",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=S.group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {**S.SMOKE, "N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "seeds": 2,
-                      "steps": 60, "n_test": 100, "eval_every": 20},
-            "default": {},
-            "paper": {"N_grid": (20, 40, 60, 80, 120, 160, 240, 320, 400), "seeds": 20,
-                      "tau_grid": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5), "sigma_grid": (0.1, 0.5, 1.0, 1.5, 2.0, 3.0)}},
-)
+EXPERIMENT = S.shallow_experiment(
+    "noise-and-init", "Theorem 1 (noise and initial-error factors of the sample complexity)",
+    "N_min increases with the token noise level and with the initial model error",
+    Config, trials, analyze, plot,
+    smoke={"N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "steps": 60},
+    paper={"N_grid": (20, 40, 60, 80, 120, 160, 240, 320, 400), "seeds": 20,
+           "tau_grid": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5), "sigma_grid": (0.1, 0.5, 1.0, 1.5, 2.0, 3.0)})

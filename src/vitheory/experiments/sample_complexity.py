@@ -24,18 +24,21 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.boundary import n_min_table
+from vitheory.analysis.figures import save_figure
+from vitheory.analysis.stats import linear_fit, loglog_fit
 from vitheory.config import check_all_in_range, knob
 from vitheory.experiments import _shallow as S
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
 class Calibration(S.ShallowConfig):
     """The knobs Figure 1a and Figure 1b (``cnn-sample-complexity``) share; see the module doc."""
-    tau: float = knob(2.0, "token noise level (the sample-complexity calibration, see the module doc)", True)
-    sigma: float = knob(3.0, "initial model error of W_V around the pattern-aligned reference", True)
-    qk_reference: Literal["patterns", "zero"] = knob("zero", "reference of W_Q, W_K: zero = uniform attention at the start", True)
-    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", True)
+    tau: float = knob(2.0, "token noise level (the sample-complexity calibration, see the module doc)", project_choice=True)
+    sigma: float = knob(3.0, "initial model error of W_V around the pattern-aligned reference", project_choice=True)
+    qk_reference: Literal["patterns", "zero"] = knob("zero", "reference of W_Q, W_K: zero = uniform attention at the start", project_choice=True)
+    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", project_choice=True)
     seeds: int = knob(5, "trials per grid cell")
 
     def validate(self) -> None:
@@ -61,21 +64,17 @@ def trials(cfg: Config) -> list[dict]:
             for v in cfg.inv_alpha2 for N in cfg.N_grid for s in range(cfg.seeds)]
 
 
-def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
-    return S.train_trials(cfg, batch, device)[0]
-
-
 def boundary(cfg, df: pd.DataFrame, model: str, power: int) -> tuple[pd.DataFrame, dict]:
     """N_min per alpha_* of ``model``'s trials, the log-log fit of N_min on 1/alpha_* and the linear fit on alpha_*^-power."""
     sub = df[df["model"] == model].copy()
     sub["inv_alpha"] = sub["inv_alpha"].round(6)
-    tab = S.n_min_table(sub, "inv_alpha", cfg.success_rate)
+    tab = n_min_table(sub, "inv_alpha", cfg.success_rate)
     tab.insert(1, f"alpha_*^-{power}", (tab["inv_alpha"] ** power).round(2))
     tab.insert(1, "alpha_*", (1 / tab["inv_alpha"]).round(4))
     ok = tab.dropna(subset=["N_min"])
     ok = ok[ok["N_min"].astype(float) > 0]
-    fit = S.loglog_fit(ok["inv_alpha"].to_numpy(), ok["N_min"].to_numpy(float))
-    lin = S.linear_fit(ok["inv_alpha"].to_numpy() ** power, ok["N_min"].to_numpy(float))
+    fit = loglog_fit(ok["inv_alpha"].to_numpy(), ok["N_min"].to_numpy(float))
+    lin = linear_fit(ok["inv_alpha"].to_numpy() ** power, ok["N_min"].to_numpy(float), skip_constant=True)
     fit.update({f"linear_in_alpha^-{power}_{k}": v for k, v in lin.items() if k != "n_points"})
     return tab, fit
 
@@ -152,26 +151,11 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     im = heatmap(ax, df, 2, analysis.tables.get("ViT: phase boundary N_min per alpha_*"), "ViT: success rate")
     fig.colorbar(im, ax=ax)
-    return [S.save_figure(fig, fig_dir, "sample_complexity_heatmap")]
+    return [save_figure(fig, fig_dir, "sample_complexity_heatmap")]
 
 
-EXPERIMENT = Experiment(
-    name="sample-complexity",
-    paper=S.PAPER1,
-    figure="Figure 1a, Theorem 1",
-    claim="the shallow ViT's sample complexity N_min grows like alpha_*^-2",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=S.group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={
-        "smoke": {**S.SMOKE, "inv_alpha2": (4.0, 9.0, 14.0), "N_grid": (20, 60), "seeds": 2, "steps": 60,
-                  "n_test": 200, "eval_every": 20},
-        "default": {},
-        "paper": {"inv_alpha2": tuple(float(v) for v in range(4, 15)), "N_grid": tuple(range(40, 401, 40)),
-                  "seeds": 20},
-    },
-)
+EXPERIMENT = S.shallow_experiment(
+    "sample-complexity", "Figure 1a, Theorem 1", "the shallow ViT's sample complexity N_min grows like alpha_*^-2",
+    Config, trials, analyze, plot,
+    smoke={"inv_alpha2": (4.0, 9.0, 14.0), "N_grid": (20, 60), "steps": 60, "n_test": 200},
+    paper={"inv_alpha2": tuple(float(v) for v in range(4, 15)), "N_grid": tuple(range(40, 401, 40)), "seeds": 20})

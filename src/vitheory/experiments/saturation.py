@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vitheory.analysis.figures import save_figure
 from vitheory.config import ConfigError, check_range, knob
-from vitheory.experiments import memorization_common as C
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments import _memorization as C
+from vitheory.experiments.base import Analysis, Claim
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,12 @@ class Config(C.MemConfig):
     heads: tuple[int, ...] = knob((4, 8), "head counts H (each paired with one T per context type)")
     n: int = knob(8, "context size n (< d)")
     d_head: int | None = knob(None, "head dimension d_h; None = d")
-    T_shared: tuple[int, ...] = knob((200, 400), "T for each H, shared context", True)
-    T_random: tuple[int, ...] = knob((300, 700), "T for each H, random contexts", True)
+    T_shared: tuple[int, ...] = knob((200, 400), "T for each H, shared context", project_choice=True)
+    T_random: tuple[int, ...] = knob((300, 700), "T for each H, random contexts", project_choice=True)
     early_stop: bool = knob(False, "stop at 100 % training accuracy (the paper's saturation runs do not)")
     threshold: float = knob(C.SATURATION_THRESHOLD, "a head is saturated when its max attention weight exceeds this")
-    share_min: float = knob(0.5, "share of saturated (example, head) pairs needed for C11 (proposed)", True)
-    examples_min: float = knob(0.5, "share of examples with >= 1 saturated head needed for C11 (proposed)", True)
+    share_min: float = knob(0.5, "share of saturated (example, head) pairs needed for C11 (proposed)", project_choice=True)
+    examples_min: float = knob(0.5, "share of examples with >= 1 saturated head needed for C11 (proposed)", project_choice=True)
 
     def validate(self) -> None:
         super().validate()
@@ -128,31 +129,16 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     axes[1].set_ylabel("share of examples on which the head is saturated")
     axes[1].set_ylim(0, 1)
     axes[1].legend(fontsize=8)
-    return [C.save_figure(fig, fig_dir, "saturation")]
+    return [save_figure(fig, fig_dir, "saturation")]
 
 
-EXPERIMENT = Experiment(
-    name="saturation",
-    paper=C.PAPER2,
-    figure="softmax-saturation analysis of the official code (V2), claim C11",
-    claim="after memorization training, attention heads are saturated (max weight > 0.99) on most examples, "
-          "different heads on different examples",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=C.group_key,
-    max_batch=C.max_batch,
-    scales={
-        "smoke": {"d": 8, "n": 3, "heads": (2, 4), "T_shared": (16, 32), "T_random": (16, 32), "seeds": 1,
-                  "min_train_steps": 60, "eval_every": 20, "batch_size": 64, "check_subsets": 50},
-        "default": {},
-        "paper": {"d": 64, "n": 32, "heads": (4, 8), "contexts": ("shared",), "T_shared": (550, 1300),
-                  "T_random": (550, 1300),
-                  "seeds": 1, "lr": 1e-3, "min_train_steps": 300_000, "eval_every": 500, "check_subsets": 5000,
-                  "threads": 0, "max_models": 8},
-    },
+EXPERIMENT = C.memorization_experiment(
+    "saturation", "softmax-saturation analysis of the official code (V2), claim C11",
+    "after memorization training, attention heads are saturated (max weight > 0.99) on most examples, "
+    "different heads on different examples",
+    Config, trials, analyze, plot, run_trials=run_trials,
+    smoke={"n": 3, "heads": (2, 4), "T_shared": (16, 32), "T_random": (16, 32)},
+    paper={"n": 32, "heads": (4, 8), "contexts": ("shared",), "T_shared": (550, 1300), "T_random": (550, 1300),
+           "min_train_steps": 300_000},
     description="Per (context, H): models trained on one T without early stop; the query's attention of the "
-                "best evaluation is analysed on every training example.",
-)
+                "best evaluation is analysed on every training example.")

@@ -26,29 +26,31 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vitheory.analysis.boundary import n_min_table
+from vitheory.analysis.figures import save_figure
 from vitheory.config import ConfigError, check_all_in_range, knob
 from vitheory.data.tokens import CONFUSION, IRRELEVANT, SPURIOUS, TokenSamples
 from vitheory.experiments import _shallow as S
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments.base import Analysis, Claim
 
 STRATEGIES = ("random", "irrelevant", "noisiest", "low-attention")
 
 
 @dataclass(frozen=True)
 class Config(S.ShallowConfig):
-    L: int = knob(32, "tokens per sample (more than the largest number of removed tokens)", True)
+    L: int = knob(32, "tokens per sample (more than the largest number of removed tokens)", project_choice=True)
     noise: str = knob("bounded", "bounded noise: token noise norms vary (uniform in [0, tau]), so 'noisiest' "
-                      "differs from 'random'; isotropic Gaussian norms in high d are nearly all equal", True)
-    tau: float = knob(6.0, "token noise level (bounded: ||z|| <= tau)", True)
+                      "differs from 'random'; isotropic Gaussian norms in high d are nearly all equal", project_choice=True)
+    tau: float = knob(6.0, "token noise level (bounded: ||z|| <= tau)", project_choice=True)
     alpha_star: float = knob(0.3, "fraction alpha_* of label-relevant tokens")
     N: int = knob(40, "training samples in parts A and C")
     removed_grid: tuple[int, ...] = knob((0, 4, 8, 12, 16, 20), "numbers of removed tokens r (part A)")
     strategies: tuple[str, ...] = knob(STRATEGIES, "removal strategies of part A")
     N_grid: tuple[int, ...] = knob((10, 20, 40, 80, 160), "grid of N (part B)")
-    nmin_removed: int = knob(16, "label-irrelevant tokens removed in part B", True)
-    spurious_tokens: int = knob(6, "spurious tokens per sample that carries them (part C; 0 = skip part C)", True)
-    spurious_corr_train: float = knob(0.9, "P(sample carries spurious tokens | y=+1) in training; 1 - that for y=-1", True)
-    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", True)
+    nmin_removed: int = knob(16, "label-irrelevant tokens removed in part B", project_choice=True)
+    spurious_tokens: int = knob(6, "spurious tokens per sample that carries them (part C; 0 = skip part C)", project_choice=True)
+    spurious_corr_train: float = knob(0.9, "P(sample carries spurious tokens | y=+1) in training; 1 - that for y=-1", project_choice=True)
+    success_rate: float = knob(0.95, "success-rate threshold that defines N_min", project_choice=True)
     seeds: int = knob(5, "trials per point")
 
     def validate(self) -> None:
@@ -111,7 +113,7 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
         # the same trials without removal: the trained ViT whose attention ranks the tokens
         full = [{**t, "strategy": "none", "removed": 0} for t in batch]
         _, reference, _, _ = S.train_trials(cfg, full, device)
-    gens = {i: S.generator(t["seed"], S._PROBE + 1) for i, t in enumerate(batch)}
+    gens = {i: S.generator(t["seed"], S.REMOVAL) for i, t in enumerate(batch)}
     index = {id(t): i for i, t in enumerate(batch)}
 
     def keep(t: dict, s: TokenSamples) -> TokenSamples:
@@ -170,7 +172,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     B = df[df["part"] == "B"].copy()
     if len(B):
         B["setting"] = np.where(B["strategy"] == "none", "all tokens", f"{cfg.nmin_removed} irrelevant removed")
-        nt = S.n_min_table(B, "setting", cfg.success_rate)
+        nt = n_min_table(B, "setting", cfg.success_rate)
         a.tables["Part B: N_min with and without sparsification"] = nt
         d = dict(zip(nt["setting"], nt["N_min"]))
         full_n, sp_n = d.get("all tokens"), d.get(f"{cfg.nmin_removed} irrelevant removed")
@@ -213,24 +215,12 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     ax.set_ylabel("test loss")
     ax.legend()
     ax.set_title(f"token sparsification (N={cfg.N}, alpha_*={cfg.alpha_star:g}, L={cfg.L})")
-    return [S.save_figure(fig, fig_dir, "sparsification")]
+    return [save_figure(fig, fig_dir, "sparsification")]
 
 
-EXPERIMENT = Experiment(
-    name="sparsification",
-    paper=S.PAPER1,
-    figure="Figure 2b and the token-sparsification claims",
-    claim="Removing label-irrelevant, noisy or spurious tokens improves generalization and lowers N_min",
-    config=Config,
-    trials=trials,
-    run_trials=run_trials,
-    analyze=analyze,
-    plot=plot,
-    group_key=group_key,
-    max_batch=lambda cfg: cfg.batch_models,
-    scales={"smoke": {**S.SMOKE, "removed_grid": (0, 6, 12), "nmin_removed": 8, "N_grid": (10, 40), "seeds": 2, "steps": 60, "n_test": 100,
-                      "eval_every": 20, "spurious_tokens": 4},
-            "default": {},
-            "paper": {"removed_grid": tuple(range(0, 21, 2)), "N_grid": (10, 20, 30, 40, 60, 80, 120, 160, 240),
-                      "seeds": 20}},
-)
+EXPERIMENT = S.shallow_experiment(
+    "sparsification", "Figure 2b and the token-sparsification claims",
+    "Removing label-irrelevant, noisy or spurious tokens improves generalization and lowers N_min",
+    Config, trials, analyze, plot, run_trials=run_trials, group_key=group_key,
+    smoke={"removed_grid": (0, 6, 12), "nmin_removed": 8, "N_grid": (10, 40), "steps": 60, "spurious_tokens": 4},
+    paper={"removed_grid": tuple(range(0, 21, 2)), "N_grid": (10, 20, 30, 40, 60, 80, 120, 160, 240), "seeds": 20})

@@ -45,6 +45,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vitheory.seeding import generator
+
 MASKS = ("v2", "v1")
 SCORE_SCALES = ("d_model", "d_head")
 
@@ -261,6 +263,5 @@ class BatchedMHA(nn.Module):
 
 
 def model_generators(seeds: Sequence[int], tag: str = "mha-init") -> list[torch.Generator]:
-    """One CPU generator per model, seeded from the model's seed (see vitheory.data.memorization.derive_seed)."""
-    from vitheory.data.memorization import derive_seed
-    return [torch.Generator().manual_seed(derive_seed(s, tag)) for s in seeds]
+    """One CPU generator per model, seeded from the model's seed (:func:`vitheory.seeding.generator`)."""
+    return [generator(s, tag) for s in seeds]

@@ -1,6 +1,7 @@
 """Run an experiment's sweep into a run folder, resuming where a previous run stopped.
 
-The public entry point is :func:`run_experiment`; the CLI's ``vitheory run`` is a thin layer over it.
+The public entry point is :func:`run_experiment`; ``vitheory.run`` and the CLI's ``vitheory run`` are thin layers
+over it that also build the report (:mod:`vitheory.report`, a layer above this one).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from vitheory import __version__
+from vitheory._version import __version__
 from vitheory.config import ConfigError, config_to_dict
 from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
-from vitheory.sweep.progress import set_reporter
+from vitheory.progress import set_reporter
 from vitheory.sweep.store import Store, trial_key
 
 
@@ -77,11 +78,12 @@ def _run_batch(exp: Experiment, cfg, batch: list[dict], dev: str, bar) -> list[d
 
 def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
                    seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto",
-                   progress: bool = True, report: bool = True) -> pd.DataFrame:
+                   progress: bool = True) -> pd.DataFrame:
     """Run experiment ``name`` and return its results, one row per trial.
 
-    With ``out`` set, results go to a run folder (config.json, results.sqlite, figures/, report.md);
-    re-running the same command skips finished trials.  With ``out=None`` nothing is written.
+    With ``out`` set, results go to a run folder (config.json, results.sqlite); re-running the same command
+    skips finished trials.  With ``out=None`` nothing is written.  The report (figures/, summary.json,
+    report.md) is built by :func:`vitheory.report.build.build_report` from what is stored.
     Raises :class:`~vitheory.config.ConfigError` on bad input before anything is written.
     """
     exp = get_experiment(name)
@@ -140,8 +142,4 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
             bar.close()
         wanted = {k for k, _ in keyed}
         rows = [r for r in store.rows() if r["key"] in wanted]
-
-    if report:
-        from vitheory.report.build import build_report
-        build_report(run_dir)
     return results_frame(rows)

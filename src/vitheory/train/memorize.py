@@ -39,7 +39,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from vitheory.data.memorization import MemorizationData, StackedData, derive_seed, stack_data
+from vitheory.data.memorization import MemorizationData, StackedData, stack_data
+from vitheory.seeding import derive_seed
 from vitheory.models.mha import BatchedMHA
 
 

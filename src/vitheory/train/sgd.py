@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vitheory.sweep import progress
+from vitheory import progress
 
 
 def hinge(yF: torch.Tensor) -> torch.Tensor:

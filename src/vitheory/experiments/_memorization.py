@@ -1,4 +1,5 @@
-"""Shared logic of the memorization experiments of Mahdavi, Liao & Thrampoulidis (ICLR 2024), issue 4.
+"""Shared logic of the memorization experiments of Mahdavi, Liao & Thrampoulidis (ICLR 2024; spec
+``../shared/papers/mha_memorization.md``).
 
 Every experiment trains one-layer multi-head attention models (:mod:`vitheory.models.mha`) on synthetic data
 (:mod:`vitheory.data.memorization`) with the reference training procedure (:mod:`vitheory.train.memorize`)
@@ -28,21 +29,19 @@ n-subsets, the paper's Monte-Carlo method) and the result is stored with the tri
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-
-from vitheory.report.figures import save_figure  # noqa: F401  (used by the memorization experiments)
-from vitheory.report.stats import linear_fit  # noqa: F401  (used by the memorization experiments)
 import torch
 
+from vitheory.analysis.figures import save_figure
+from vitheory.analysis.stats import spearman
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
-from vitheory.data.memorization import CONTEXT_TYPES, LABEL_KINDS, MemorizationData, derive_seed, \
-    make_memorization_data
-from vitheory.experiments.base import Claim
+from vitheory.data.memorization import CONTEXT_TYPES, LABEL_KINDS, MemorizationData, make_memorization_data
+from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.seeding import derive_seed
 from vitheory.models.mha import BatchedMHA, attention_param_count, model_generators
 from vitheory.train.memorize import TrainConfig, memorize
 
@@ -61,26 +60,23 @@ class MemConfig:
     labels: Literal["classification", "regression"] = knob("classification", "label kind")
     n_classes: int = knob(100, "classes of the random labels (classification)")
     d_v: int = knob(1, "value dimension per head (the official code hard-codes 1)")
-    T_shared: tuple[int, ...] = knob((50, 100, 200, 400, 800, 1600), "grid of data-set sizes T, shared context",
-                                     True)
-    T_random: tuple[int, ...] = knob((100, 200, 400, 800, 1600, 3200), "grid of data-set sizes T, random contexts",
-                                     True)
+    T_shared: tuple[int, ...] = knob((50, 100, 200, 400, 800, 1600), "grid of data-set sizes T, shared context", project_choice=True)
+    T_random: tuple[int, ...] = knob((100, 200, 400, 800, 1600, 3200), "grid of data-set sizes T, random contexts", project_choice=True)
     seeds: int = knob(2, "seeds per (configuration, T); the paper reports one")
     seed: int = knob(0, "first seed; trial seeds are seed, seed+1, ...")
-    lr: float = knob(1e-2, "Adam learning rate (the paper: 1e-3 with >= 50k steps)", True)
+    lr: float = knob(1e-2, "Adam learning rate (the paper: 1e-3 with >= 50k steps)", project_choice=True)
     batch_size: int = knob(256, "minibatch size")
     train_epochs: int = knob(500, "train_steps = max(train_epochs * T // batch_size, min_train_steps)")
-    min_train_steps: int = knob(10_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation)",
-                                True)
+    min_train_steps: int = knob(10_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation)", project_choice=True)
     max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
-    eval_every: int = knob(250, "steps between evaluations on the whole training set (the paper: 500)", True)
+    eval_every: int = knob(250, "steps between evaluations on the whole training set (the paper: 500)", project_choice=True)
     early_stop: bool = knob(True, "stop a classification run at 100 % training accuracy")
     score_scale: Literal["d_model", "d_head"] = knob("d_model", "attention scores divided by sqrt(d) or sqrt(d_h)")
     mask: Literal["v2", "v1"] = knob("v2", "v2: the query is excluded as a key (-inf); v1: the arXiv-v1 bug, "
                                      "for comparison only")
-    check_subsets: int = knob(1000, "random n-subsets of the queries in the sampled Kruskal check", True)
+    check_subsets: int = knob(1000, "random n-subsets of the queries in the sampled Kruskal check", project_choice=True)
     threads: int = knob(1, "CPU threads for training (0 = leave torch's setting); one thread is fastest for "
-                        "these small tensor programs", True)
+                        "these small tensor programs", project_choice=True)
     max_models: int = knob(64, "most models trained as one tensor program")
 
     def validate(self) -> None:
@@ -337,36 +333,6 @@ def mse_table(df: pd.DataFrame, x: str) -> pd.DataFrame:
             .rename(columns={"mean": "mse_mean", "std": "mse_std", "count": "seeds"}))
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    from scipy import stats
-    if len(x) < 3:
-        return None
-    rho = stats.spearmanr(x, y).statistic
-    # rounded so that a rank correlation that is exactly a threshold (e.g. 0.9 = 1 - 6*2/120) compares as such
-    return None if rho is None or not np.isfinite(rho) else round(float(rho), 10)
-
-
-def hinge_fit(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Piecewise-linear fit with a plateau: y = a + b * min(x, kappa), kappa scanned over a fine grid in
-    [second smallest x, max x] (so at least two points lie on the rising part; kappa = max x is a straight
-    line).  Returns kappa, a, b and the residual sum of squares (plus the straight-line SSE)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    xs = np.unique(x)
-    if len(xs) < 3:
-        return {}
-    best = None
-    for kappa in np.linspace(xs[1], xs[-1], 401):
-        X = np.stack([np.ones_like(x), np.minimum(x, kappa)], 1)
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        sse = float(((X @ coef - y) ** 2).sum())
-        if best is None or sse < best["sse"] - 1e-12:
-            best = {"kappa": float(kappa), "a": float(coef[0]), "b": float(coef[1]), "sse": sse}
-    X = np.stack([np.ones_like(x), x], 1)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    best["sse_line"] = float(((X @ coef - y) ** 2).sum())
-    return best
-
-
 def assumptions_claim(df: pd.DataFrame) -> Claim:
     """C1: every generated data set satisfies Assumptions 1 and 2 (as checked)."""
     ok = df["assumptions_ok"].astype(bool)
@@ -453,3 +419,25 @@ def regression_claims(df: pd.DataFrame, x: str, what: str, claim_id: str = "C10"
                             "grows (at every T, Spearman rho <= -0.9, proposed)", sup,
                             ev or f"fewer than 3 values of {what}: cannot decide"))
     return claims, tab
+
+
+# ------------------------------------------------------------------------------------------------------------
+# registration
+# ------------------------------------------------------------------------------------------------------------
+#: the smoke scale every memorization experiment shares (tiny d, T and step counts: seconds)
+SMOKE = {"d": 8, "T_shared": (8, 16, 32), "T_random": (8, 16, 32), "seeds": 1, "min_train_steps": 60,
+         "eval_every": 20, "batch_size": 64, "check_subsets": 50}
+#: the official code's setting (reproduce.sh) shared by the paper scale of every memorization experiment (a GPU)
+PAPER = {"d": 64, "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "eval_every": 500,
+         "check_subsets": 5000, "threads": 0, "max_models": 8}
+
+
+def memorization_experiment(name: str, figure: str, claim: str, config: type, trials: Callable,
+                            analyze: Callable[..., Analysis], plot: Callable, *, smoke: dict, paper: dict,
+                            run_trials: Callable = run_trials, description: str = "") -> Experiment:
+    """An :class:`Experiment` of the memorization family: what they share is filled in here, so a module states
+    only what differs.  ``smoke`` and ``paper`` are added on top of :data:`SMOKE` and :data:`PAPER`."""
+    return Experiment(name=name, paper=PAPER2, figure=figure, claim=claim, config=config, trials=trials,
+                      run_trials=run_trials, analyze=analyze, plot=plot,
+                      scales={"smoke": {**SMOKE, **smoke}, "default": {}, "paper": {**PAPER, **paper}},
+                      group_key=group_key, max_batch=max_batch, description=description)
