@@ -24,10 +24,6 @@ def test_registry_lists_paper1_experiments():
     for n in ("sample-complexity", "noise-and-init", "attention-concentration", "iterations", "sparsification",
               "assumptions-table", "memorization-heads", "memorization-context", "memorization-head-dim", "saturation"):
         assert n in names
-    for exp in registry().values():
-        assert exp.paper and exp.figure and exp.claim
-        for scale in ("smoke", "default", "paper"):
-            resolve_config(exp, scale)          # every preset is a valid config
 
 
 def test_list_command(capsys):

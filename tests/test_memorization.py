@@ -21,13 +21,7 @@ from vitheory.sweep.runner import run_experiment
 from vitheory.train.memorize import BatchedAdam, IndexStream, TrainConfig, lr_at, memorize, train_steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny tensor programs are fastest on one thread (and immune to other processes on the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------------------

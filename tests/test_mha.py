@@ -7,12 +7,7 @@ import torch
 from vitheory.models.mha import BatchedMHA, _RowSoftmax, attention_param_count, model_generators, sinusoidal_positions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(K=3, n=5, d=8, H=3, d_head=4, n_out=7, seeds=None, **kw):

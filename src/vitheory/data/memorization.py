@@ -1,7 +1,7 @@
 """Synthetic data of the multi-head-attention memorization experiments.
 
 Mahdavi, Liao, Thrampoulidis, "Memorization Capacity of Multi-Head Attention in Transformers" (ICLR 2024);
-the setup is described in ``shared/papers/mha_memorization.md`` section 4.1 and re-implemented here from that
+the setup is described in ``../shared/papers/mha_memorization.md`` section 4.1 and re-implemented here from that
 description.
 
 One example t is a query vector e^(t) in R^d, a context matrix E^(t) in R^{n x d} (n tokens as rows) and a

@@ -5,7 +5,7 @@ Every experiment trains one-layer multi-head attention models (:mod:`vitheory.mo
 (:mod:`vitheory.data.memorization`) with the reference training procedure (:mod:`vitheory.train.memorize`)
 over a grid of data-set sizes T, and measures memorization on the training set.
 
-Measurement (project choices, following mha_memorization.md section 8.2):
+Measurement (project choices, following ../shared/papers/mha_memorization.md section 8.2):
 
 * per run: ``acc_best`` = training accuracy of the lowest-training-loss evaluation (the quantity the official
   code logs as ``mem_acc``); ``memorized = acc_best * T``; the final model's accuracy is also stored;

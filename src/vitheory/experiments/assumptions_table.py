@@ -36,7 +36,7 @@ ROWS = ("embedding", "random_attention", "random_vit_layer1", "pretrained_vit_la
 ROW_LABEL = {"embedding": "Embedding layer", "random_attention": "Random attention",
              "random_vit_layer1": "Random ViT layer 1", "pretrained_vit_layer1": "Pretrained ViT layer 1"}
 
-#: the notebook's stored outputs (mha_memorization.md 3.4): ViT-B/16 in21k, T = 1973 ImageNet images, 5000 subsets,
+#: the notebook's stored outputs (../shared/papers/mha_memorization.md 3.4): ViT-B/16 in21k, T = 1973 ImageNet images, 5000 subsets,
 #: float32 torch.linalg.matrix_rank at its default tolerance
 PAPER_REF = {
     "embedding": {"gp": 0.0, "gp_ranks": "1", "a1": 0.0, "a1_ranks": "1", "a2": 1.0},
@@ -45,7 +45,7 @@ PAPER_REF = {
     "pretrained_vit_layer1": {"gp": 0.0, "gp_ranks": "309–318", "a1": 0.9982, "a1_ranks": "196–197", "a2": 1.0},
 }
 PAPER_SETUP = dict(T=1973, n=197, d=768, subsets=5000)
-#: the random-attention Kruskal curve of the notebook, read off its figure (mha_memorization.md 3.4)
+#: the random-attention Kruskal curve of the notebook, read off its figure (../shared/papers/mha_memorization.md 3.4)
 PAPER_CURVE = ((1, 1.0), (230, 1.0), (250, 1.0), (270, 0.87), (280, 0.72), (290, 0.49), (300, 0.26), (310, 0.09),
                (330, 0.0), (768, 0.0))
 
@@ -490,7 +490,7 @@ def differences_from_notebook(cfg: Config, df: pd.DataFrame, per_rep: dict, avai
         notes.append(f"{ROW_LABEL[rep]}: {reason}.")
     notes.append("Random rows: transformers' ViT-B/16 initialisation under torch.manual_seed(seed) (the notebook's "
                  "random ViT had no seed); the random attention layer has Xavier-uniform weights without bias "
-                 "(project choice). Rank ranges of random layers vary with the seed (spec C4).")
+                 "(project choice). Rank ranges of random layers vary with the seed (../shared/papers/mha_memorization.md, claim C4).")
     notes.append(f"Conventions: main table in float64 on unit vectors, full rank iff sigma_min > tol = {cfg.tol:g}; "
                  "'paper mode' = float32 torch.linalg.matrix_rank at its default tolerance, as in the notebook. "
                  f"A sampled check holds when its fraction is >= {cfg.pass_fraction} (project rule; the notebook's "

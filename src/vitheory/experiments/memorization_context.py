@@ -4,7 +4,7 @@ At fixed d, H and d_h, the capacity M(n) = max_T acc x T is measured for n < d (
 :mod:`vitheory.experiments._memorization`).  Theorem 1 (Omega(H min(n, d_h))) predicts that memorization
 grows monotonically in n.
 
-Verdict rule (claim C8, per context type; proposed thresholds of the spec): Spearman rho(n, M) >= ``rho_min``
+Verdict rule (claim C8, per context type; proposed thresholds of ../shared/papers/mha_memorization.md, section 6): Spearman rho(n, M) >= ``rho_min``
 (0.9) over the seed-mean capacities, and M(n_max) > M(n_min).  Inconclusive with fewer than 3 values of n or a
 censored capacity (largest T of the grid fitted at 100 %).  With ``labels=regression``: claim C10, the training
 MSE at every T decreases with n.

@@ -6,7 +6,7 @@ only while d_h <= n.  For a shared context this is also an exact expressivity fa
 x_0 A_h with A_h = W_Q^h (X_c W_K^h)^T, a d x n matrix of rank <= min(d_h, n), and every such matrix is
 reachable once d_h >= n -- so d_h > n cannot add anything.
 
-Verdict rules (per context type; thresholds are the spec's proposed ones, knobs here):
+Verdict rules (per context type; thresholds are the proposed (../shared/papers/mha_memorization.md, section 6) ones, knobs here):
 
 * C9-increase: over d_h <= n the seed-mean capacity rises: Spearman rho(d_h, M) >= 0.9 (needs 3 points).
 * C9-plateau: beyond n it is flat: |M(d_h,max) - M(first d_h > n)| <= ``plateau_tol`` (5 %) x M(largest

@@ -5,7 +5,7 @@ capacity M(H) = max_T acc x T is measured (see :mod:`vitheory.experiments._memor
 gives a lower bound Omega(H n): at fixed d, memorization grows linearly in H.
 
 Verdict rule (claim C7, per context type): a least-squares line M = a H + b through the seed-mean capacities
-has a 95 % t-interval on the slope a entirely above 0 **and** R^2 >= ``r2_min`` (0.95, the spec's proposed
+has a 95 % t-interval on the slope a entirely above 0 **and** R^2 >= ``r2_min`` (0.95, the proposed (../shared/papers/mha_memorization.md, section 6)
 threshold).  Inconclusive when fewer than 3 H values were measured or a capacity is censored (the largest T of
 the grid was fitted at 100 %, so M is only a lower bound).  M(H_max)/M(H_min) is reported beside the ratio
 H_max/H_min that exact proportionality would give.  With ``labels=regression`` the claim is C10 instead: the

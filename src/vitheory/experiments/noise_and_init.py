@@ -1,5 +1,5 @@
 """Theorem 1 of Li et al. (ICLR 2023): the sample complexity grows with the token noise level and with
-the initial model error (claims S5 and S6 of the spec).
+the initial model error (claims S5 and S6 of ../shared/papers/shallow_vit.md, section 8).
 
 At a fixed alpha_*, N_min (the smallest N whose success rate reaches ``success_rate``) is measured
 (a) for each noise level tau in ``tau_grid`` and (b) for each initial model error sigma in

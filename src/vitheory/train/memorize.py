@@ -1,7 +1,7 @@
 """Batched memorization training: K one-layer attention models trained as one tensor program.
 
 The procedure re-implements the official training of Mahdavi et al. (ICLR 2024) as described in
-``shared/papers/mha_memorization.md`` section 4.3:
+``../shared/papers/mha_memorization.md`` section 4.3:
 
 * Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8), batch 256, fp32;
 * train_steps = max(floor(train_epochs * T / batch), min_train_steps);

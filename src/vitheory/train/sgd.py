@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vitheory import progress
+import vitheory.progress as progress
 
 
 def hinge(yF: torch.Tensor) -> torch.Tensor:
