@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def cmd_show(args) -> int:
 def cmd_run(args) -> int:
     import vitheory
     overrides = parse_overrides(args.set or [])
-    out = args.out or _default_out(args.experiment, args.scale)
+    out = args.out if args.out is not None else _default_out(args.experiment, args.scale)
     df = vitheory.run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
                       device=args.device, progress=not args.quiet)
     print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'}")
@@ -72,13 +73,28 @@ def cmd_report(args) -> int:
 def cmd_reproduce(args) -> int:
     from vitheory.experiments.base import get_experiment, registry, resolve_config
     from vitheory.report.build import build_combined_report
-    from vitheory.sweep.runner import resolve_device, run_experiment
-    names = list(registry()) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
-    for n in names:  # validate everything before running anything
-        resolve_config(get_experiment(n), args.scale)
-    resolve_device(args.device)
+    from vitheory.config import config_to_dict
+    from vitheory.sweep.runner import prepare_run_folder, resolve_device, run_experiment
+    if args.only is None:
+        names = list(registry())
+    else:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        if not names:
+            raise ConfigError(f"--only={args.only!r} names no experiment; give comma-separated names from: "
+                              f"{', '.join(registry())}")
+    if args.out is not None and str(args.out).strip() == "":
+        raise ConfigError("--out is empty; give a folder path (or leave --out out for runs/reproduce-SCALE)")
     root = Path(args.out or os.path.join("runs", f"reproduce-{args.scale}"))
-    root.mkdir(parents=True, exist_ok=True)
+    for n in names:  # validate everything before running anything
+        exp = get_experiment(n)
+        cfg = resolve_config(exp, args.scale)
+        prepare_run_folder(root / n, exp.name, config_to_dict(cfg))
+        exp.check_inputs(cfg)
+    resolve_device(args.device)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {root}: cannot create the folder ({e.strerror or e})") from None
     for n in names:
         t0 = time.perf_counter()
         print(f"== {n} ({args.scale})", flush=True)
@@ -127,16 +143,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the batch in flight is lost, everything stored stays."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or e.__class__.__name__
+
+
 def main(argv=None) -> int:
+    """Run one command.  Every failure ends with one line ``error: ...`` on stderr: exit 2 for bad input or an
+    environment the command cannot use (a full disk, a read-only folder, too little memory), 130 / 143 when
+    interrupted by SIGINT / SIGTERM (re-running the command resumes)."""
+    import signal
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError:
+        print("error: out of memory; use a smaller scale or smaller sizes (--set ...)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `vitheory ... | head`): stop quietly, as a C tool would
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _Terminated:
+        print("terminated; re-run the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

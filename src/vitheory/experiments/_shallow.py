@@ -34,6 +34,11 @@ PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
 SMOKE = {"d": 16, "d_k": 8, "d_v": 8, "m": 32, "L": 20, "tau": 1.5, "n_test": 100, "eval_every": 20, "seeds": 2}
 
 
+# Upper end of the documented ranges of the scale knobs (tau, sigma, delta, lr, pattern norm): far beyond any
+# setting that trains (defaults are O(1)), well inside float32 (squares of 1e2-sized tokens stay ~1e4).  A value
+# inside the range whose training still diverges is stored as a diverged (failed) trial.
+MAX_SCALE = 100.0
+
 # generator streams of a trial (see vitheory.seeding.stream_generator)
 PATTERNS, TRAIN, INIT, SGD, TEST, PROBE, REMOVAL = range(7)
 generator = stream_generator
@@ -79,22 +84,23 @@ class ShallowConfig:
         check_range("M", self.M, 3, 4096)
         check_range("L", self.L, 1, 4096)
         check_range("alpha_conf", self.alpha_conf, 0.0, 1.0, hi_open=True)
-        check_range("tau", self.tau, 0.0, None)
+        check_range("tau", self.tau, 0.0, MAX_SCALE)
         check_choice("noise", self.noise, ("bounded", "gaussian"))
         check_choice("counts", self.counts, ("stochastic", "deterministic"))
         check_choice("pattern_kind", self.pattern_kind, ("orthonormal", "random"))
         if self.pattern_kind == "orthonormal" and self.d < self.M:
             raise ConfigError(f"d={self.d} must be >= M={self.M} for orthonormal patterns; allowed range: d in [M, 4096]")
-        check_range("pattern_norm", self.pattern_norm, 0.0, None, lo_open=True)
-        check_range("min_separation", self.min_separation, 0.0, None)
+        check_range("pattern_norm", self.pattern_norm, 0.0, MAX_SCALE, lo_open=True)
+        check_range("min_separation", self.min_separation, 0.0, 2 * MAX_SCALE)
         check_range("m", self.m, 1, 1 << 16)
         check_range("d_k", self.d_k, 1, 4096)
         check_range("d_v", self.d_v, 1, 4096)
-        check_range("sigma", self.sigma, 0.0, None)
-        check_range("delta", self.delta, 0.0, None)
+        check_range("sigma", self.sigma, 0.0, MAX_SCALE)
+        check_range("delta", self.delta, 0.0, MAX_SCALE)
         check_choice("qk_reference", self.qk_reference, ("patterns", "zero"))
         check_range("cnn_kernel", self.cnn_kernel, 1, self.L)
-        check_range("lr", self.lr, 0.0, None, lo_open=True)
+        check_range("lr", self.lr, 0.0, MAX_SCALE, lo_open=True)
+        check_range("lr_qk_scale", self.lr_qk_scale, 0.0, MAX_SCALE, lo_open=True)
         check_range("batch", self.batch, 1, 1 << 16)
         check_range("steps", self.steps, 1, 10_000_000)
         check_range("eval_every", self.eval_every, 0, 10_000_000)
@@ -249,7 +255,7 @@ def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn
             X, y = X[which], y[which]
         X, y = X.to(device), y.to(device)
         yF = (y * predict(model, X)).cpu()
-        errs += (yF <= 0).sum(1)
+        errs += (~(yF > 0)).sum(1)                    # a NaN prediction is an error, never a success
         loss += hinge(yF).sum(1)
         done += n
     return (errs / cfg.n_test).numpy(), (loss / cfg.n_test).numpy()
@@ -280,15 +286,29 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     else:
         F = predict(model, X)
         valid = torch.arange(X.shape[1], device=X.device)[None] < n.to(X.device)[:, None]
-        train_err = (((y * F) <= 0) & valid).sum(1).float().cpu() / n.float()
+        train_err = ((~((y * F) > 0)) & valid).sum(1).float().cpu() / n.float()
     test_err, test_loss = test_metrics(cfg, model, trials, patterns, device, keep_fn=keep_fn,
                                        spurious_corr=test_spurious_corr)
+    diverged = diverged_models(model) | ~np.isfinite(test_loss)
     metrics = []
     for k in range(len(trials)):
+        retired = int(res.retired_step[k])
         metrics.append({"train_error": float(train_err[k]), "test_error": float(test_err[k]),
-                        "test_loss": float(test_loss[k]), "success": bool(test_err[k] == 0.0),
-                        "fit_step": int(res.fit_step[k]), "steps_run": int(res.steps_run)})
+                        "test_loss": float(test_loss[k]), "success": bool(test_err[k] == 0.0 and not diverged[k]),
+                        "diverged": bool(diverged[k]), "fit_step": int(res.fit_step[k]),
+                        # steps until all training margins were >= 1 (hinge SGD cannot move the model after),
+                        # else the steps trained: a property of the trial, not of the batch it ran in
+                        "steps_run": retired if retired >= 0 else int(res.steps_run)})
     return metrics, model, patterns, res
+
+
+def diverged_models(model) -> np.ndarray:
+    """[K] bool: models with a non-finite weight (a diverged training)."""
+    params = list(model.params().values())                              # every tensor has a leading model axis
+    bad = torch.zeros(params[0].shape[0], dtype=torch.bool)
+    for v in params:
+        bad |= ~torch.isfinite(v.detach()).flatten(1).all(1).cpu()
+    return bad.numpy()
 
 
 def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:

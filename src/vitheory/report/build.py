@@ -14,7 +14,7 @@ import pandas as pd
 
 from vitheory.config import ConfigError, build_config
 from vitheory.experiments.base import Analysis, Experiment, get_experiment, results_frame
-from vitheory.sweep.store import open_store, read_run_config
+from vitheory.sweep.store import dumps, open_store, read_run_config
 
 
 def _setup_matplotlib() -> None:
@@ -69,19 +69,45 @@ def render_section(exp: Experiment, meta: dict, analysis: Analysis, figures: lis
     return "\n".join(out)
 
 
+def _writable_outputs(run_dir: Path) -> Path:
+    """The figures folder of a run folder, after checking that the report's outputs can be written there."""
+    fig_dir = run_dir / "figures"
+    if fig_dir.exists() and not fig_dir.is_dir():
+        raise ConfigError(f"{fig_dir} is not a folder; move it away so the report can write its figures there")
+    for p in (run_dir, fig_dir, run_dir / "report.md", run_dir / "summary.json"):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ConfigError(f"{p} is not writable (read-only); the report cannot be rebuilt there")
+    return fig_dir
+
+
+def diverged_note(df: pd.DataFrame) -> str | None:
+    """A note on trials whose training diverged (non-finite loss or output): they count as failures."""
+    if "diverged" not in df:
+        return None
+    n = int(df["diverged"].fillna(False).astype(bool).sum())
+    return None if n == 0 else (f"{n} of {len(df)} trials diverged (a non-finite loss, output or weight during "
+                                "training): each is stored as a failure, never as a success.")
+
+
 def analyze_run(run_dir: str | os.PathLike) -> tuple[Experiment, dict, Analysis, list[str], int]:
     _setup_matplotlib()
     exp, cfg, df, meta = load_run(run_dir)
     if len(df) == 0:
         raise ConfigError(f"{run_dir}: the run has no stored trials yet; nothing to report")
+    fig_dir = _writable_outputs(Path(run_dir))
     analysis = exp.analyze(cfg, df)
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    figures = exp.plot(cfg, df, analysis, str(fig_dir))
-    (Path(run_dir) / "summary.json").write_text(json.dumps(
-        {"experiment": exp.name, "numbers": analysis.numbers,
-         "claims": [{"id": c.id, "statement": c.statement, "supported": c.supported, "evidence": c.evidence}
-                    for c in analysis.claims]}, indent=2, default=float))
+    note = diverged_note(df)
+    if note:
+        analysis.notes.insert(0, note)
+    try:
+        fig_dir.mkdir(exist_ok=True)
+        figures = exp.plot(cfg, df, analysis, str(fig_dir))
+        (Path(run_dir) / "summary.json").write_text(dumps(
+            {"experiment": exp.name, "scale": meta.get("scale"), "numbers": analysis.numbers,
+             "claims": [{"id": c.id, "statement": c.statement, "supported": c.supported, "evidence": c.evidence}
+                        for c in analysis.claims]}, indent=2, default=float))
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write the report ({e.strerror or e})") from None
     return exp, meta, analysis, figures, len(df)
 
 
@@ -89,9 +115,15 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     """Rebuild ``report.md`` and the figures of one run folder from its stored results."""
     exp, meta, analysis, figures, n = analyze_run(run_dir)
     path = Path(run_dir) / "report.md"
-    path.write_text(render_section(exp, meta, analysis, figures, n) +
-                    f"\n_Rebuild with `vitheory report {run_dir}`._\n")
+    _write_text(path, render_section(exp, meta, analysis, figures, n) + f"\n_Rebuild with `vitheory report {run_dir}`._\n")
     return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def build_combined_report(root: str | os.PathLike) -> Path:
@@ -122,7 +154,7 @@ def build_combined_report(root: str | os.PathLike) -> Path:
             f"Scale(s): {', '.join(scales)}. Rebuild with `vitheory report {root}`.", "",
             "## Summary", "", "| experiment | claim | verdict |", "|---|---|---|", *summary, "", *sections]
     path = root / "report.md"
-    path.write_text("\n".join(text))
+    _write_text(path, "\n".join(text))
     return path
 
 

@@ -19,7 +19,7 @@ from vitheory._version import __version__
 from vitheory.config import ConfigError, config_to_dict
 from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
 from vitheory.progress import set_reporter
-from vitheory.sweep.store import Store, trial_key
+from vitheory.sweep.store import Store, count_trials, dumps, read_run_config, trial_key
 
 
 def resolve_device(device: str) -> str:
@@ -90,6 +90,8 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
     cfg = resolve_config(exp, scale, overrides, seeds)
     dev = resolve_device(device)
     trials = exp.trials(cfg)
+    if out is None:
+        exp.check_inputs(cfg)
     cfg_dict = config_to_dict(cfg)
     meta = {"experiment": exp.name, "scale": scale, "config": cfg_dict, "vitheory_version": __version__}
 
@@ -103,27 +105,9 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
             bar.close()
         return results_frame(rows)
 
-    run_dir = Path(out)
-    cfg_path = run_dir / "config.json"
-    if cfg_path.is_file():
-        try:
-            old = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"--out {run_dir}: config.json is corrupt; use a new --out folder") from None
-        if old.get("experiment") != exp.name or old.get("config") != cfg_dict:
-            diff = sorted(k for k in set(cfg_dict) | set(old.get("config", {}))
-                          if cfg_dict.get(k) != old.get("config", {}).get(k))
-            what = f"experiment {old.get('experiment')!r}" if old.get("experiment") != exp.name else \
-                f"a different config (differs in: {', '.join(diff)})"
-            raise ConfigError(f"--out {run_dir} already holds a run of {what}; use a new --out folder")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"--out {run_dir} exists and is not a vitheory run folder; use a new or empty folder")
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg_path.is_file():
-        tmp = cfg_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, cfg_path)
+    run_dir = prepare_run_folder(out, exp.name, cfg_dict)
+    exp.check_inputs(cfg)                  # files, folders, weights: before anything is written
+    write_config(run_dir, meta)
 
     with Store(run_dir / "results.sqlite") as store:
         done = store.done_keys()
@@ -143,3 +127,86 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
         wanted = {k for k, _ in keyed}
         rows = [r for r in store.rows() if r["key"] in wanted]
     return results_frame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the run folder: every check before anything is written
+# ------------------------------------------------------------------------------------------------------------
+LEFTOVERS = {"config.json", "config.json.tmp", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
+             "results.sqlite-journal", "figures", "report.md", "summary.json"}
+
+
+def _writable_target(run_dir: Path) -> None:
+    """``run_dir`` must be a folder (or not exist yet) under folders, with write access where it is created."""
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                what = "is a file" if parent == run_dir else f"is under {parent}, which is a file"
+                if parent.is_symlink() and not parent.exists():
+                    what = f"is a dangling symbolic link ({parent} -> {os.readlink(parent)})"
+                raise ConfigError(f"--out {run_dir} {what}; give a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"--out {run_dir}: {parent} is not writable; give a folder you can write to")
+            return
+
+
+def prepare_run_folder(out: str | os.PathLike, experiment: str, cfg_dict: dict) -> Path:
+    """Check ``--out`` for a run of ``experiment`` with ``cfg_dict`` and return it as a Path; writes nothing.
+
+    A folder holding the same run resumes.  A folder holding a different run is refused unless it has no
+    finished trial (then the corrected command starts it afresh); a folder with other files is refused.
+    """
+    if str(out).strip() == "":
+        raise ConfigError("--out is empty; give a folder path (or leave --out out for runs/NAME-SCALE-TIMESTAMP)")
+    run_dir = Path(out)
+    _writable_target(run_dir)
+    if not run_dir.exists():
+        return run_dir
+    for name in ("config.json", "results.sqlite"):
+        if (run_dir / name).exists() and not os.access(run_dir / name, os.R_OK | os.W_OK):
+            raise ConfigError(f"--out {run_dir}: {name} is not writable (read-only); give a new --out folder")
+    entries = {p.name for p in run_dir.iterdir()}
+    if not entries:
+        return run_dir
+    if "config.json" in entries:
+        old = read_run_config(run_dir)
+        same = old.get("experiment") == experiment and old.get("config") == cfg_dict
+        if same:
+            count_trials(run_dir)                      # the store must be readable before we resume
+            return run_dir
+        if entries <= LEFTOVERS and count_trials(run_dir) == 0:
+            return run_dir                             # nothing finished: a corrected command starts afresh
+        diff = sorted(k for k in set(cfg_dict) | set(old["config"]) if cfg_dict.get(k) != old["config"].get(k))
+        what = f"experiment {old.get('experiment')!r}" if old.get("experiment") != experiment else \
+            f"a different config (differs in: {', '.join(diff)})"
+        raise ConfigError(f"--out {run_dir} already holds a run of {what}; use a new --out folder")
+    if entries <= LEFTOVERS and count_trials(run_dir) == 0:
+        return run_dir                                 # an interrupted start (e.g. a full disk): start afresh
+    raise ConfigError(f"--out {run_dir} exists and is not a vitheory run folder; use a new or empty folder")
+
+
+def write_config(run_dir: Path, meta: dict) -> None:
+    """Create the folder and write config.json atomically (a failed write leaves no partial file)."""
+    cfg_path = run_dir / "config.json"
+    tmp = cfg_path.with_suffix(".json.tmp")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg_path.is_file():
+            old = read_run_config(run_dir)
+            if old.get("experiment") == meta["experiment"] and old.get("config") == meta["config"]:
+                return
+            store = run_dir / "results.sqlite"         # a run with no finished trial, replaced by this one
+            for extra in ("", "-wal", "-shm", "-journal"):
+                Path(str(store) + extra).unlink(missing_ok=True)
+        with open(tmp, "w") as f:
+            f.write(dumps(meta, indent=2, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cfg_path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise ConfigError(f"--out {run_dir}: cannot write config.json ({e.strerror or e}); nothing was stored") \
+            from None

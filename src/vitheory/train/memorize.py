@@ -24,6 +24,8 @@ Batching (project choices):
   (padding rows get weight 0).  So a model sees the same minibatches inside a batch of K as alone.
 * A model that reaches 100 % training accuracy (or its last step) is dropped from the batch at that
   evaluation: its weights are written to the result and the remaining models continue, compacted.
+* A model whose training loss becomes non-finite stops there with ``diverged = True``; its best (finite)
+  evaluation is still the one reported, as the reference's best checkpoint would be.
 * The final model is also evaluated after its last step (the reference only evaluates every 500 steps);
   both the best-checkpoint metrics and the final model's metrics are returned.
 * ``TrainConfig.attention="full"`` trains through the full (n+1) x (n+1) attention instead of the query row
@@ -250,10 +252,11 @@ def memorize(model: BatchedMHA, datasets: Sequence[MemorizationData], seeds: Seq
                     if best is not None:
                         _write_rows(best, work, [r], [k])
                 stop_early = early and float(acc[r]) == 1.0
-                if stop_early or step >= int(totals[k]):
+                diverged = not math.isfinite(float(loss[r]))    # a diverged model stops; its best evaluation stays
+                if stop_early or diverged or step >= int(totals[k]):
                     done[r] = True
                     metrics[k].update(loss_final=float(loss[r]), acc_final=_num(acc[r]), steps_trained=step,
-                                      early_stopped=bool(stop_early))
+                                      early_stopped=bool(stop_early), diverged=diverged)
             if done.any():
                 rows = torch.nonzero(done).flatten()
                 _write_rows(final, work, rows.tolist(), active[rows].tolist())

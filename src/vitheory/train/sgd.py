@@ -106,7 +106,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         valid = torch.arange(nmax, device=device)[None, :] < n_a[:, None]
         margin = torch.where(valid, y[ids, :nmax] * F, torch.full_like(F, float("inf")))
         ids_c = ids.cpu()
-        last_err[ids_c] = ((margin <= 0).sum(1).float() / n_a.float()).cpu()
+        # ~(margin > 0): a NaN margin (diverged model) is an error; padding has margin +inf
+        last_err[ids_c] = ((~(margin > 0)).sum(1).float() / n_a.float()).cpu()
         err = last_err.clone()
         result.history.append((step, err))
         result.train_error = err
