@@ -57,6 +57,12 @@ def cmd_run(args) -> int:
     import vitheory
     overrides = parse_overrides(args.set or [])
     out = args.out if args.out is not None else _default_out(args.experiment, args.scale)
+    if args.dry_run:
+        from vitheory.sweep.runner import plan_run
+        plan = plan_run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
+                        device=args.device)
+        print(plan.summary() + "; nothing was run or written (--dry-run)")
+        return 0
     df = vitheory.run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
                       device=args.device, progress=not args.quiet)
     print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'}")
@@ -91,6 +97,10 @@ def cmd_reproduce(args) -> int:
         prepare_run_folder(root / n, exp.name, config_to_dict(cfg))
         exp.check_inputs(cfg)
     resolve_device(args.device)
+    if args.dry_run:
+        print(f"{len(names)} experiment(s) checked into {root}: {', '.join(names)}; nothing was run or written "
+              "(--dry-run)")
+        return 0
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run folder (default: runs/NAME-SCALE-TIMESTAMP)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--dry-run", action="store_true", help="check everything and print the plan; run and write nothing")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("report", help="rebuild the report of a run folder from stored results only")
@@ -136,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", default=None, help="comma-separated experiment names")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--dry-run", action="store_true", help="check every experiment's config and folder; run nothing")
     s.set_defaults(func=cmd_reproduce)
 
     from vitheory.linalg.commands import add_commands as add_linalg_commands  # kruskal, assumptions
@@ -175,8 +187,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         # the reader of our output went away (e.g. `vitheory ... | head`): stop quietly, as a C tool would
         try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
             pass
         return 141
     except OSError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -102,7 +103,7 @@ def analyze_run(run_dir: str | os.PathLike) -> tuple[Experiment, dict, Analysis,
     try:
         fig_dir.mkdir(exist_ok=True)
         figures = exp.plot(cfg, df, analysis, str(fig_dir))
-        (Path(run_dir) / "summary.json").write_text(dumps(
+        _write_text(Path(run_dir) / "summary.json", dumps(
             {"experiment": exp.name, "scale": meta.get("scale"), "numbers": analysis.numbers,
              "claims": [{"id": c.id, "statement": c.statement, "supported": c.supported, "evidence": c.evidence}
                         for c in analysis.claims]}, indent=2, default=float))
@@ -120,9 +121,16 @@ def build_report(run_dir: str | os.PathLike) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a reader (or a second process building the same report) never sees half a file."""
+    tmp = None
     try:
-        path.write_text(text)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
     except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,11 +71,60 @@ def _run_batch(exp: Experiment, cfg, batch: list[dict], dev: str, bar) -> list[d
         set_reporter(lambda f: _advance(bar, start + f * len(batch)))
     try:
         metrics = exp.run_trials(cfg, batch, dev)
+    except MemoryError:
+        raise ConfigError(out_of_memory(exp, batch, "")) from None
+    except RuntimeError as e:                        # torch's allocators raise RuntimeError when memory runs out
+        if "memory" not in str(e).lower() and "allocate" not in str(e).lower():
+            raise
+        raise ConfigError(out_of_memory(exp, batch, " ".join(str(e).split())[:200])) from None
     finally:
         set_reporter(None)
     if bar is not None:
         _advance(bar, start + len(batch), force=True)
     return metrics
+
+
+def out_of_memory(exp: Experiment, batch: list[dict], detail: str) -> str:
+    return (f"out of memory training a batch of {len(batch)} trials of {exp.name}{' (' + detail + ')' if detail else ''}; "
+            "everything stored so far is kept: lower the models trained together (batch_models / max_models) or the "
+            "sizes (--set ...), then re-run the same command to resume")
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, every input checked (:func:`plan_run`); nothing is written to make it."""
+    experiment: Experiment
+    config: Any
+    trials: list[dict]
+    todo: list[dict]                 # the trials not yet stored in the run folder
+    batches: list[list[dict]]        # the batches the todo trials run in
+    run_dir: Path | None
+    device: str
+
+    def summary(self) -> str:
+        where = f" in {self.run_dir}" if self.run_dir is not None else " (no run folder)"
+        return (f"{self.experiment.name}: {len(self.trials)} trials, {len(self.trials) - len(self.todo)} already "
+                f"stored, {len(self.todo)} to run in {len(self.batches)} batch(es) on {self.device}{where}")
+
+
+def plan_run(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
+             seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto") -> RunPlan:
+    """Resolve and check everything a run needs -- config, device, run folder, input files -- writing nothing.
+
+    Raises :class:`~vitheory.config.ConfigError` naming the problem."""
+    exp = get_experiment(name)
+    cfg = resolve_config(exp, scale, overrides, seeds)
+    dev = resolve_device(device)
+    trials = exp.trials(cfg)
+    run_dir = None if out is None else prepare_run_folder(out, exp.name, config_to_dict(cfg))
+    exp.check_inputs(cfg)                  # files, folders, weights: before anything is written
+    todo = trials
+    if run_dir is not None and (run_dir / "results.sqlite").is_file() and (run_dir / "config.json").is_file() \
+            and read_run_config(run_dir).get("config") == config_to_dict(cfg):
+        with Store(run_dir / "results.sqlite", read_only=True) as store:
+            done = store.done_keys()
+        todo = [t for t in trials if trial_key(exp.name, t) not in done]
+    return RunPlan(exp, cfg, trials, todo, plan_batches(exp, cfg, todo), run_dir, dev)
 
 
 def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
@@ -86,33 +137,27 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
     report.md) is built by :func:`vitheory.report.build.build_report` from what is stored.
     Raises :class:`~vitheory.config.ConfigError` on bad input before anything is written.
     """
-    exp = get_experiment(name)
-    cfg = resolve_config(exp, scale, overrides, seeds)
-    dev = resolve_device(device)
-    trials = exp.trials(cfg)
-    if out is None:
-        exp.check_inputs(cfg)
+    plan = plan_run(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device)
+    exp, cfg, trials, dev = plan.experiment, plan.config, plan.trials, plan.device
     cfg_dict = config_to_dict(cfg)
-    meta = {"experiment": exp.name, "scale": scale, "config": cfg_dict, "vitheory_version": __version__}
 
-    if out is None:
+    if plan.run_dir is None:
         rows = []
         bar = _progress(len(trials), exp.name, progress)
-        for batch in plan_batches(exp, cfg, trials):
+        for batch in plan.batches:
             metrics = _run_batch(exp, cfg, batch, dev, bar)
             rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
         if bar is not None:
             bar.close()
         return results_frame(rows)
 
-    run_dir = prepare_run_folder(out, exp.name, cfg_dict)
-    exp.check_inputs(cfg)                  # files, folders, weights: before anything is written
-    write_config(run_dir, meta)
-
+    run_dir = plan.run_dir
+    write_config(run_dir, {"experiment": exp.name, "scale": scale, "config": cfg_dict,
+                           "vitheory_version": __version__})
     with Store(run_dir / "results.sqlite") as store:
         done = store.done_keys()
         keyed = [(trial_key(exp.name, t), t) for t in trials]
-        todo = [t for k, t in keyed if k not in done]
+        todo = [t for k, t in keyed if k not in done]       # again: another process may have stored some
         bar = _progress(len(trials), exp.name, progress)
         if bar is not None:
             bar.update(len(trials) - len(todo))
@@ -150,6 +195,10 @@ def _writable_target(run_dir: Path) -> None:
             return
 
 
+def _leftover(name: str) -> bool:
+    return name in LEFTOVERS or any(name.startswith(f + ".") and name.endswith(".tmp") for f in LEFTOVERS)
+
+
 def prepare_run_folder(out: str | os.PathLike, experiment: str, cfg_dict: dict) -> Path:
     """Check ``--out`` for a run of ``experiment`` with ``cfg_dict`` and return it as a Path; writes nothing.
 
@@ -174,13 +223,13 @@ def prepare_run_folder(out: str | os.PathLike, experiment: str, cfg_dict: dict) 
         if same:
             count_trials(run_dir)                      # the store must be readable before we resume
             return run_dir
-        if entries <= LEFTOVERS and count_trials(run_dir) == 0:
+        if all(map(_leftover, entries)) and count_trials(run_dir) == 0:
             return run_dir                             # nothing finished: a corrected command starts afresh
         diff = sorted(k for k in set(cfg_dict) | set(old["config"]) if cfg_dict.get(k) != old["config"].get(k))
         what = f"experiment {old.get('experiment')!r}" if old.get("experiment") != experiment else \
             f"a different config (differs in: {', '.join(diff)})"
         raise ConfigError(f"--out {run_dir} already holds a run of {what}; use a new --out folder")
-    if entries <= LEFTOVERS and count_trials(run_dir) == 0:
+    if all(map(_leftover, entries)) and count_trials(run_dir) == 0:
         return run_dir                                 # an interrupted start (e.g. a full disk): start afresh
     raise ConfigError(f"--out {run_dir} exists and is not a vitheory run folder; use a new or empty folder")
 
@@ -198,11 +247,18 @@ def write_config(run_dir: Path, meta: dict) -> None:
             store = run_dir / "results.sqlite"         # a run with no finished trial, replaced by this one
             for extra in ("", "-wal", "-shm", "-journal"):
                 Path(str(store) + extra).unlink(missing_ok=True)
-        with open(tmp, "w") as f:
+        # a name of this process's own: two processes starting the same run must not share a temporary file
+        fd, name = tempfile.mkstemp(prefix="config.json.", suffix=".tmp", dir=run_dir)
+        tmp = Path(name)
+        with os.fdopen(fd, "w") as f:
             f.write(dumps(meta, indent=2, sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, cfg_path)
+        for stale in run_dir.glob("config.json*.tmp"):   # left by a start that failed (e.g. a full disk)
+            if stale.name == "config.json.tmp" or (stale.stat().st_size == 0
+                                                   and time.time() - stale.stat().st_mtime > 60):
+                stale.unlink(missing_ok=True)
     except OSError as e:
         try:
             tmp.unlink(missing_ok=True)

@@ -185,7 +185,7 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 def count_trials(run_dir: str | os.PathLike) -> int:
     """Finished trials stored in a run folder (0 without a results database)."""
     path = Path(run_dir) / "results.sqlite"
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:      # none yet, or an empty file left by a failed start
         return 0
     with Store(path, read_only=True) as s:
         return s.count()
