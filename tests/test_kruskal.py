@@ -10,7 +10,7 @@ import torch
 from vitheory.config import ConfigError
 from vitheory.linalg import (kruskal_rank, load_array, random_subsets, sampled_kruskal_curve, sampled_rank_check,
                              unit_rows)
-from vitheory.linalg.kruskal import clopper_pearson, default_tol
+from vitheory.linalg import clopper_pearson, default_tol
 
 
 # --------------------------------------------------------------------------------------------------

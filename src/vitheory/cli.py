@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_reproduce)
 
-    from vitheory.linalg.commands import add_commands as add_linalg_commands  # kruskal, assumptions
+    from vitheory.cli_linalg import add_commands as add_linalg_commands  # kruskal, assumptions
     add_linalg_commands(sub)
     return p
 

@@ -157,7 +157,7 @@ def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int,
 
 
 def _subsets_of(c, Q, k, cfg, seed):
-    from vitheory.linalg.kruskal import _subsets_for
+    from vitheory.linalg.sampled import subsets_for as _subsets_for
     return _subsets_for(len(Q), k, cfg.n_subsets, seed, None)[0]
 
 
