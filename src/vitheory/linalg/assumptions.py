@@ -29,9 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.linalg.inputs import as_vectors, check_int, check_tol, default_tol, torch_device
+from vitheory.linalg.inputs import (as_vectors, check_int, check_tol, default_tol, memory_errors, scale_rows,
+                                    torch_device)
 from vitheory.linalg.sampled import (KruskalCurve, SampledCheck, batch_size, check_mode, collect_verdicts,
-                                     decide_float64, decide_paper, default_curve_ks, rank_histogram,
+                                     decide_float64, decide_paper, default_curve_ks, paper_scale, rank_histogram,
                                      sampled_kruskal_curve, sampled_rank_check)
 
 DEFINITIONS = {
@@ -146,6 +147,7 @@ def _sampled_to_check(name: str, c: SampledCheck, pass_fraction: float, notes=()
                            tuple(notes), c.seconds)
 
 
+@memory_errors
 def check_context_ranks(tokens: Any, tol: float | None = None, *, mode: str = "float64", spectra: bool = True,
                         device: Any = "cpu", batch_elems: int | None = None) -> AssumptionCheck:
     """Assumption 2: does every context matrix ``tokens[t]`` (``n x d``) have full rank ``n``?
@@ -166,17 +168,22 @@ def _context_ranks(X: np.ndarray, dtype: str, tol, mode, spectra, device, batch_
     tau = check_tol(default_tol(dtype) if tol is None else tol)
     dev = torch_device(device)
 
+    exponent = 0
+    if mode == "paper":
+        X, exponent = paper_scale(X)
+
     def decide(i, j):
-        E = torch.from_numpy(X[i:j]).to(dev)                     # (b, n, d)
         if mode == "float64":
+            E = torch.from_numpy(scale_rows(X[i:j])).to(dev)     # (b, n, d), tokens scaled by powers of two
             nrm = E.norm(dim=2, keepdim=True)
             E = E / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
             Gs = E @ E.transpose(1, 2) if n <= d else None
             return decide_float64(Gs, lambda sel: E if sel is None else E[sel], n, d, tau, True, spectra)
-        E = E.float().double()
+        E = torch.from_numpy(X[i:j]).to(dev).float().double()
         Gs = E @ E.transpose(1, 2) if n <= d else E.transpose(1, 2) @ E
         return decide_paper(Gs, lambda sel: E[sel].float(), n, d)
     full, rank, smin, n_fb = collect_verdicts(T, batch_size(dev, n * max(n, d), batch_elems), decide, dev)
+    smin = np.ldexp(smin, exponent)
     n_full = int(full.sum())
     known = rank >= 0
     hist = rank_histogram(rank[known])
@@ -195,6 +202,7 @@ def _context_ranks(X: np.ndarray, dtype: str, tol, mode, spectra, device, batch_
                            tuple(notes), time.perf_counter() - t0)
 
 
+@memory_errors
 def check_assumptions(tokens: Any, query_index: int = 0, *, n_subsets: int = 5000, tol: float | None = None,
                       seed: int = 0, mode: str = "float64", pass_fraction: float = 0.99,
                       curve: bool | Sequence[int] = False, curve_subsets: int | None = None,

@@ -14,6 +14,10 @@ Vectors are the **rows** of a ``(T, d)`` array: ``T`` vectors in ``R^d``.
   a subset of more than ``d`` vectors is always dependent.  Because deleting a vector never decreases the
   smallest singular value (interlacing), dependence at tolerance is inherited by supersets, as in exact
   arithmetic; so the k-rank at tolerance is well defined.  Default tolerances: :mod:`vitheory.linalg.inputs`.
+* **Integer and bool input** (without an explicit ``tol``) is exact data and gets its exact k-rank: float64
+  certifies independence as above, and every subset it calls dependent is checked in rational arithmetic
+  (:mod:`vitheory.linalg.rational`); e.g. ``(2^62, 1), (2^62, 2)`` have k-rank 2, although the smallest
+  singular value of their unit vectors is 1.5e-19.
 * The **margin** of a certified k-rank ``k`` is ``min over all k-subsets S of sigma_min(U_S)``: the
   smallest singular value met among the subsets that had to be certified.  It is the tau-robust Kruskal
   rank notion of Bhaskara-Charikar-Vijayaraghavan (2014): the k-rank would stay ``k`` for every tolerance
@@ -50,7 +54,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.linalg.inputs import EPS64, as_vectors, check_tol, default_tol, gram_guard, unit_rows
+from vitheory.linalg.inputs import (EPS64, as_vectors, available_memory, check_memory, check_tol, default_tol,
+                                    gram_guard, memory_errors, unit_rows)
+from vitheory.linalg.rational import IntegerDependence, is_integer_dtype
 
 
 def _sigma_min_exact(U: np.ndarray, subsets: np.ndarray, chunk_elems: int = 1 << 23) -> np.ndarray:
@@ -114,11 +120,21 @@ class KruskalResult:
 
 
 class _Stats:
-    def __init__(self, deadline: float | None):
+    """Counters, deadline and notes of one search; ``exact`` decides dependence for integer input."""
+
+    def __init__(self, deadline: float | None, exact: IntegerDependence | None = None):
         self.subsets = 0
         self.svds = 0
         self.deadline = deadline
         self.steps: list[str] = []
+        self.exact = exact
+
+    def confirm(self, S: Sequence[int]) -> bool:
+        """Is ``S``, which float64 calls dependent, dependent?  Always for float input; exactly for integers."""
+        if self.exact is None:
+            return True
+        v = self.exact.dependent(S)
+        return True if v is None else v
 
     def timed_out(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -130,7 +146,7 @@ def _is_dependent(U: np.ndarray, S: Sequence[int], tau: float, stats: _Stats) ->
     if len(S) > U.shape[1]:
         return True, 0.0
     s = float(np.linalg.svd(U[S], compute_uv=False)[-1])
-    return s <= tau, s
+    return s <= tau and stats.confirm(S), s
 
 
 def _shrink_to_circuit(U: np.ndarray, S: Sequence[int], tau: float, stats: _Stats,
@@ -299,7 +315,7 @@ class _LevelScan:
     ``best_ub`` the smallest leaf pivot seen (an upper bound on ``min_S lambda_min(A_S)``), ``exact`` the
     smallest ``sigma_min`` among subsets decided by SVD, and the candidate subsets whose AM-GM lower bound on
     ``lambda_min(A_S)`` does not exceed ``best_ub`` (at most ``margin_cap`` kept; beyond that the margin is
-    only bounded, ``overflow``).
+    only bounded, ``overflow``, by the smallest AM-GM bound over all leaves, ``min_log_lb``).
     """
 
     def __init__(self, U: np.ndarray, G: np.ndarray, L: int, tau: float, stats: _Stats,
@@ -317,6 +333,7 @@ class _LevelScan:
         self.exact: tuple[float, tuple[int, ...] | None] = (math.inf, None)
         self.overflow = False
         self.n_cand = 0
+        self.min_log_lb = math.inf              # smallest AM-GM lower bound over every leaf seen
         self.cand_sets: list[np.ndarray] = []
         self.cand_lb: list[np.ndarray] = []
 
@@ -336,11 +353,11 @@ class _LevelScan:
         """sigma_min of each subset by SVD; stops the scan (recording the witness) at a dependent one."""
         sig = _sigma_min_exact(self.U, subsets)
         self.stats.svds += len(subsets)
-        dep = np.flatnonzero(sig <= self.tau)
-        if len(dep):
-            self.out.dependent = tuple(int(i) for i in subsets[dep[0]])
-            self.out.dep_sigma = float(sig[dep[0]])
-            raise _Stop
+        for i in np.flatnonzero(sig <= self.tau):
+            if self.stats.confirm(subsets[i]):
+                self.out.dependent = tuple(int(v) for v in subsets[i])
+                self.out.dep_sigma = float(sig[i])
+                raise _Stop
         return sig
 
     def settle(self, subsets: np.ndarray) -> None:
@@ -490,6 +507,7 @@ class _LevelScan:
         L = self.L
         tr = nb.tr[:, None] + self.diagA[last + 1:][None, :]
         log_lb = nb.logdet[:, None] + np.log(p2) + self.lfac - (L - 1) * np.log(tr)
+        self.min_log_lb = min(self.min_log_lb, float(log_lb.min()))
         sel = log_lb <= math.log(self.best_ub) if self.best_ub > 0 else np.zeros_like(bad)
         if sel.any() and not self.overflow:
             bi, qi = np.nonzero(sel)
@@ -522,8 +540,8 @@ class _LevelScan:
                     exact_best = (float(sig[i]), tuple(int(v) for v in sets[i]))
             out.margin, out.margin_exact, out.margin_subset = exact_best[0], True, exact_best[1]
         elif self.overflow:
-            lbs = np.concatenate(self.cand_lb)
-            lo = math.sqrt(max(0.0, self.shift + float(lbs.min())))
+            # the bound must cover every leaf, also those met after the candidate list stopped growing
+            lo = math.sqrt(max(0.0, self.shift + math.exp(self.min_log_lb)))
             out.margin, out.margin_exact = min(lo, exact_best[0]), False
         else:
             out.margin, out.margin_exact, out.margin_subset = exact_best[0], True, exact_best[1]
@@ -544,10 +562,11 @@ def _scan_level(U: np.ndarray, G: np.ndarray, L: int, tau: float, stats: _Stats,
     return _LevelScan(U, G, L, tau, stats, leaf_budget, margin_cap).run()
 
 
-def _pairs_and_coherence(U: np.ndarray, G: np.ndarray | None,
-                         tau: float) -> tuple[float, tuple[int, int] | None, float]:
+def _pairs_and_coherence(U: np.ndarray, G: np.ndarray | None, tau: float,
+                         stats: _Stats) -> tuple[float, tuple[int, int] | None, float]:
     """Mutual coherence ``mu = max_{i != j} |u_i . u_j|`` and the pair of smallest ``sigma_min`` among the
-    near-parallel candidates (``|u_i . u_j| >= 1 - slack``), stopping at the first pair dependent at ``tau``.
+    near-parallel candidates (``|u_i . u_j| >= 1 - slack``), stopping at the first pair dependent at ``tau``
+    (for integer input: exactly parallel; the others are independent and not candidates).
     ``G`` is the Gram matrix, or None to compute it in blocks of 2048 rows."""
     T, d = U.shape
     slack = 2 * tau * tau + 64 * math.sqrt(d) * EPS64
@@ -567,6 +586,11 @@ def _pairs_and_coherence(U: np.ndarray, G: np.ndarray | None,
             ci, cj = ii[c0:c0 + 4096], jj[c0:c0 + 4096]
             sgn = np.sign(blk[ci - a, cj])[:, None]
             sig = np.linalg.norm(U[ci] - np.where(sgn == 0, 1.0, sgn) * U[cj], axis=1) / math.sqrt(2.0)
+            if stats.exact is not None:
+                low = np.flatnonzero(sig <= tau)
+                hit = next((q for q in low[np.argsort(sig[low], kind="stable")]
+                            if stats.confirm((int(ci[q]), int(cj[q])))), None)
+                sig[low[low != hit]] = np.inf          # exactly independent (or not the first exact hit)
             j_ = int(np.argmin(sig))
             if sig[j_] < best_sig:
                 best_pair, best_sig = (int(ci[j_]), int(cj[j_])), float(sig[j_])
@@ -577,6 +601,7 @@ def _pairs_and_coherence(U: np.ndarray, G: np.ndarray | None,
     return mu, best_pair, best_sig
 
 
+@memory_errors
 def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 200_000_000,
                  time_limit: float | None = None, sparse: str = "omp") -> KruskalResult:
     """Exact Kruskal rank of the rows of ``vectors`` (shape ``(T, d)``) at tolerance ``tol``, with a certificate.
@@ -585,7 +610,8 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
     ----------
     vectors : array-like or torch tensor, shape (T, d); rows are the vectors
     tol : tolerance on the smallest singular value of unit-normalised subsets (default: :func:`default_tol`
-        of the input dtype)
+        of the input dtype).  Integer and bool input without ``tol`` get their exact k-rank: every subset that
+        float64 calls dependent is checked in exact arithmetic (:mod:`vitheory.linalg.rational`)
     max_subsets : a level with more subsets than this is not enumerated; the result is then uncertified
         (``kruskal_rank=None``) with ``lower_bound`` / ``upper_bound``
     time_limit : seconds; stop with bounds when exceeded
@@ -603,13 +629,16 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
         raise ConfigError(f"max_subsets={max_subsets!r} is out of range; allowed range: [1, inf)")
     if time_limit is not None and not (time_limit > 0):
         raise ConfigError(f"time_limit={time_limit!r} is out of range; allowed range: (0, inf) seconds")
-    stats = _Stats(None if time_limit is None else t0 + time_limit)
+    # integer data are exact: unless a tolerance is asked for, their dependence is decided exactly
+    exact = IntegerDependence(_integer_values(vectors)) if is_integer_dtype(dtype) and tol is None else None
+    stats = _Stats(None if time_limit is None else t0 + time_limit, exact)
     T, d = V.shape
     U, norms = unit_rows(V)
 
     def result(k, lo, hi, witness=None, wsig=None, margin=None, mexact=False, msub=None, rank=-1):
         return KruskalResult(k, int(lo), int(hi), k is not None, witness, wsig, margin, mexact, msub, tau, T, d,
-                             int(rank), int(stats.subsets), int(stats.svds), time.perf_counter() - t0, tuple(stats.steps))
+                             int(rank), int(stats.subsets), int(stats.svds), time.perf_counter() - t0,
+                             tuple(stats.steps) + ((exact.summary(),) if exact is not None else ()))
 
     zero = np.flatnonzero(norms == 0)
     if len(zero):
@@ -632,16 +661,20 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
         if len(C) - 1 < upper or (len(C) - 1 == upper and witness is None):
             upper, witness, wsig = len(C) - 1, C, sig
 
-    if r < min(T, d):
+    if r < min(T, d) and exact is None:
         # sigma_{r+1}(U_S) <= sigma_{r+1}(U) <= tol for every (r+1)-subset S (interlacing)
         stats.steps.append(f"numerical rank {r} < min(T, d) = {min(T, d)}: any {r + 1} vectors are dependent")
         upper = r
+    elif r < min(T, d) and _is_dependent(U, range(r + 1), tau, stats)[0]:
+        stats.steps.append(f"numerical rank {r} < min(T, d) = {min(T, d)}: vectors 0..{r} are dependent")
+        upper = r
 
     # pairs and coherence, from the Gram matrix (blocked for large T)
-    G = U @ U.T if T <= 8192 else None
+    avail = available_memory()
+    G = U @ U.T if T <= 8192 and (avail is None or 2 * T * T * 8 <= avail) else None
     mu = 0.0
     if T >= 2 and upper >= 2:
-        mu, best_pair, best_sig = _pairs_and_coherence(U, G, tau)
+        mu, best_pair, best_sig = _pairs_and_coherence(U, G, tau, stats)
         if best_pair is not None and best_sig <= tau:
             stats.steps.append(f"parallel pair {best_pair} (sigma_min {best_sig:.3g}): k-rank <= 1")
             upper, witness, wsig = 1, best_pair, best_sig
@@ -676,8 +709,6 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
     if witness is None and upper == r < min(T, d):
         # the rank bound's witness: the first r+1 vectors, shrunk to a circuit when a level scan may follow
         take_witness(range(r + 1), shrink=upper > lower and math.comb(T, upper) <= max_subsets)
-    if G is None and upper > lower:
-        G = U @ U.T
     margin = mexact = msub = None
     if lower == upper:
         if upper <= 1:
@@ -698,6 +729,9 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
                 margin, mexact = (math.sqrt(mu_lb) if mu_lb > 0 else None), False
                 break
             return result(None, lower, upper, witness, wsig, rank=r)
+        if G is None:
+            check_memory(2 * T * T * 8, f"the level scan's {T} x {T} Gram matrices")
+            G = U @ U.T
         oc = _scan_level(U, G, L, tau, stats)
         if oc.dependent is not None:
             stats.steps.append(f"level {L}: dependent subset found after {stats.subsets} subsets")
@@ -715,4 +749,14 @@ def kruskal_rank(vectors: Any, tol: float | None = None, *, max_subsets: int = 2
     if k == min(T, d) and witness is not None and len(witness) != k + 1:
         witness, wsig = None, None
     return result(k, k, k, witness, wsig, margin, bool(mexact), msub, r)
+
+
+def _integer_values(vectors: Any) -> np.ndarray:
+    """The integer entries of integer (or bool) input as a numpy array (rows are the vectors)."""
+    if hasattr(vectors, "detach"):                      # a torch tensor
+        import torch
+        t = vectors.detach().cpu()
+        return (t.to_dense() if t.layout != torch.strided else t).numpy()
+    a = np.asarray(vectors)
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 

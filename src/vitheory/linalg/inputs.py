@@ -5,7 +5,16 @@ Conventions
 -----------
 Vectors are the **rows** of a ``(T, d)`` array (token arrays: ``(T, n, d)``).  Every computation casts them
 to float64 and, except the notebook's "paper" mode, scales each vector to unit Euclidean norm (Kruskal rank
-and rank do not change under per-vector scaling).
+and rank do not change under per-vector scaling).  The norm is taken after scaling the vector by a power of
+two (:func:`scale_rows`, exact), so every finite scale gives the same answer: a vector of size 1e-200 or
+1e200 is not "zero" or "infinite" (its squares would be).  Any dtype and byte order is read; NaN, Inf,
+complex, object and empty input is refused (:class:`~vitheory.config.ConfigError`, one line).
+
+Files (:func:`load_array`): ``.npy`` through its header first (magic, shape and dtype checked against the
+file's size and the available memory before anything is allocated; never unpickled), ``.pt`` through
+``torch.load(weights_only=True)`` (sparse tensors made dense).  Large allocations are checked against the
+available memory (:func:`check_memory`) and out-of-memory errors become one ConfigError line naming the size
+(:func:`memory_errors`).
 
 Default tolerances (project choice, a knob everywhere)
 ------------------------------------------------------
@@ -14,17 +23,20 @@ carries: :data:`DEFAULT_TOL`.  1e-10 for float64 input (about 5e5 machine epsilo
 unit vectors of moderate size, ~sqrt(d) * 2.2e-16, and far below the smallest singular values of generic data
 at the sizes where exact enumeration is feasible, e.g. ~6e-8 over all 12-subsets of 24 Gaussian vectors in
 R^12); 1e-5 for float32 input (about 80 float32 epsilons; data computed in float32 carries ~1e-7 relative
-noise); 1e-2 for 16-bit input.  Integer input is exact and gets the float64 value.  Always report results over
-a sweep of tolerances when a verdict matters (``vitheory kruskal --tol``).
+noise); 1e-2 for 16-bit input.  Integer input gets the float64 value, and the exact Kruskal rank of integer
+input without an explicit ``tol`` is the exact one (:mod:`vitheory.linalg.rational`).  Always report results
+over a sweep of tolerances when a verdict matters (``vitheory kruskal --tol``).
 
 Gram-based decisions (exact scan and sampled check) are trusted only outside a rounding band around ``tau^2``
 (:func:`gram_guard`); inside it the SVD of the subset decides.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -52,7 +64,11 @@ def _is_torch(x: Any) -> bool:
 def _dtype_name(x: Any) -> str:
     if _is_torch(x):
         return str(x.dtype).replace("torch.", "")
-    return str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype)
+    dt = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    try:
+        return np.dtype(dt).name          # "float64" for big-endian ">f8" too
+    except TypeError:
+        return str(dt)
 
 
 def default_tol(dtype: Any) -> float:
@@ -69,19 +85,39 @@ def default_tol(dtype: Any) -> float:
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     if _is_torch(x):
-        import torch
-        if x.is_complex():
-            raise ConfigError(f"{name} is complex; need a real array")
-        return x.detach().to("cpu", torch.float64).numpy()
+        return _torch_to_numpy(x, name)
     try:
         a = np.asarray(x)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{name} is not a numeric array ({e})") from None
+        raise ConfigError(f"{name} is not a numeric array ({_first_line(e)})") from None
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ConfigError(f"{name} has dtype {a.dtype}; need a real numeric array")
     if np.iscomplexobj(a):
         raise ConfigError(f"{name} is complex; need a real array")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype.kind == "f" and a.dtype.itemsize > 8 and a.size:
+        big = float(np.max(np.abs(a[np.isfinite(a)]), initial=0))
+        if big > np.finfo(np.float64).max:
+            raise ConfigError(f"{name} has entries up to {big:.3g}, beyond the float64 range; the computations are "
+                              "in float64: rescale the array")
     return a
+
+
+def _torch_to_numpy(x: Any, name: str) -> np.ndarray:
+    """A float64 numpy copy of a torch tensor; sparse tensors are made dense when that fits in memory."""
+    import torch
+    if x.is_complex():
+        raise ConfigError(f"{name} is complex; need a real array")
+    if x.is_quantized:
+        raise ConfigError(f"{name} is a quantized tensor; dequantize it first")
+    if x.device.type == "meta":
+        raise ConfigError(f"{name} is a meta tensor (it holds no values)")
+    if x.layout != torch.strided:
+        check_memory(x.numel() * 8, f"{name}: the dense float64 copy of a sparse tensor of shape {tuple(x.shape)}")
+        x = x.to_dense()
+    check_memory(x.numel() * 8, f"{name}: the float64 copy of shape {tuple(x.shape)}")
+    return x.detach().to("cpu", torch.float64).numpy()
 
 
 def as_vectors(x: Any, name: str = "vectors", *, ndim: int = 2, keep_dtype: bool = False) -> tuple[Any, str]:
@@ -98,6 +134,8 @@ def as_vectors(x: Any, name: str = "vectors", *, ndim: int = 2, keep_dtype: bool
         raise ConfigError(f"{name} must be a {ndim}-D array {want}; got shape {tuple(a.shape)}")
     if a.size == 0 or 0 in a.shape:
         raise ConfigError(f"{name} is empty (shape {tuple(a.shape)}); need at least one vector of dimension >= 1")
+    if a.dtype != np.float64 or not a.flags.c_contiguous:
+        check_memory(a.size * 8, f"{name}: the float64 copy of shape {tuple(a.shape)}")
     a = np.ascontiguousarray(a, dtype=np.float64)
     bad = ~np.isfinite(a)
     if bad.any():
@@ -107,18 +145,40 @@ def as_vectors(x: Any, name: str = "vectors", *, ndim: int = 2, keep_dtype: bool
     return (x, dtype) if keep_dtype else (a, dtype)
 
 
+def row_exponents(V: np.ndarray) -> np.ndarray:
+    """Per row (last axis), the exponent ``e`` with ``max_j |V_j| * 2^-e`` in ``[0.5, 1)`` (0 for a zero row)."""
+    return np.frexp(np.max(np.abs(V), axis=-1))[1]
+
+
+def scale_rows(V: np.ndarray) -> np.ndarray:
+    """``V`` with each row (last axis) multiplied by a power of two so that its largest entry lies in ``[0.5, 1)``.
+
+    Multiplying by a power of two is exact, so every later step (norms, Gram matrices, SVDs) gives bit for bit
+    the result of the unscaled row wherever that one neither overflows nor underflows, and a correct one where
+    it would: rows of size 1e-200 or 1e200 are vectors like any other (squaring them would give 0 or inf)."""
+    return np.ldexp(V, -row_exponents(V)[..., None])
+
+
 def unit_rows(V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows scaled to unit norm (zero rows stay zero) and the original norms."""
-    norms = np.linalg.norm(V, axis=1)
-    U = V / np.where(norms > 0, norms, 1.0)[:, None]
-    return U, norms
+    """Rows scaled to unit norm (zero rows stay zero) and the original norms (inf where they exceed float64).
+
+    Each row is first scaled by a power of two (:func:`scale_rows`), so the answer is the same for every finite
+    scale of the row."""
+    e = row_exponents(V)
+    W = np.ldexp(V, -e[:, None])
+    nw = np.linalg.norm(W, axis=1)
+    U = W / np.where(nw > 0, nw, 1.0)[:, None]
+    with np.errstate(over="ignore"):
+        return U, np.ldexp(nw, e)
 
 
 def load_array(path: str | os.PathLike, name: str | None = None) -> np.ndarray | Any:
     """Load vectors from ``.npy`` (``allow_pickle=False``) or ``.pt``/``.pth`` (``torch.load(weights_only=True)``).
 
-    A ``.pt`` file may hold a tensor, or a dict / list with exactly one tensor.  Raises ConfigError with the
-    path for a missing, unreadable or corrupt file.
+    A ``.pt`` file may hold a tensor, or a dict / list with exactly one tensor (a sparse tensor is made dense).
+    Raises ConfigError with the path for a missing, unreadable, corrupt or truncated file, and for one whose
+    array would not fit in the available memory (checked from the header, before anything is allocated).
+    Arrays come back in native byte order.
     """
     p = os.fspath(path)
     label = name or p
@@ -128,31 +188,82 @@ def load_array(path: str | os.PathLike, name: str | None = None) -> np.ndarray |
         raise ConfigError(f"{label}: not a file")
     ext = os.path.splitext(p)[1].lower()
     if ext == ".npy":
-        try:
-            return np.load(p, allow_pickle=False)
-        except ValueError as e:
-            msg = str(e).splitlines()[0] if str(e) else "unreadable"
-            if "pickle" in msg.lower():
-                msg = "holds Python objects (pickled); save a plain numeric array"
-            raise ConfigError(f"{label}: not a readable numeric .npy file ({msg})") from None
-        except (OSError, EOFError) as e:
-            raise ConfigError(f"{label}: corrupt .npy file ({e.__class__.__name__}: {e})") from None
+        return _load_npy(p, label)
     if ext in (".pt", ".pth"):
-        import torch
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError ...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ConfigError(f"{label}: cannot load as a tensor file ({e.__class__.__name__}: {first[:160]})") from None
-        if isinstance(obj, torch.Tensor):
-            return obj
+        return _load_pt(p, label)
+    raise ConfigError(f"{label}: unsupported file type {ext or '(none)'!r}; use .npy or .pt")
+
+
+def _load_npy(p: str, label: str) -> np.ndarray:
+    fmt = np.lib.format
+    try:
+        with open(p, "rb") as f:
+            if f.read(6) != fmt.MAGIC_PREFIX:
+                raise ConfigError(f"{label}: not a .npy file (no NumPy header); save the array with numpy.save")
+            f.seek(0)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)          # validates the header dict
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = f.tell()
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise ConfigError(f"{label}: corrupt .npy header ({_first_line(e)})") from None
+    if dtype.hasobject:
+        raise ConfigError(f"{label}: holds Python objects (dtype {dtype}), which are never unpickled; "
+                          "save a plain numeric array")
+    nbytes = math.prod(shape) * dtype.itemsize
+    have = os.path.getsize(p) - offset
+    if nbytes > have:
+        raise ConfigError(f"{label}: truncated .npy file: its header says shape {shape} of {dtype} "
+                          f"({_size(nbytes)}), the file holds {_size(have)} of data")
+    check_memory(nbytes, f"{label}: the array of shape {shape} ({dtype})")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except MemoryError as e:
+        raise ConfigError(f"{label}: out of memory reading the array of shape {shape} ({_first_line(e)})") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ConfigError(f"{label}: corrupt .npy file ({e.__class__.__name__}: {_first_line(e)})") from None
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _load_pt(p: str, label: str) -> Any:
+    import torch
+    try:
+        with warnings.catch_warnings():     # torch warns (several lines) about odd files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            try:    # zip-format files are mapped, so a tensor's size is checked before it is read
+                obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zip" not in str(e):
+                    raise
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError ...)
+        why = _first_line(e)
+        if "weights only load failed" in why.lower():   # torch's advice there (weights_only=False) would run code
+            why = "not a plain tensor file: corrupt, or it would need to run code to load"
+        raise ConfigError(f"{label}: cannot load as a tensor file ({e.__class__.__name__}: {why[:160]})") from None
+    if isinstance(obj, torch.Tensor):
+        t = obj
+    else:
         vals = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else []
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]
-        if len(tensors) == 1:
-            return tensors[0]
-        raise ConfigError(f"{label}: holds a {type(obj).__name__} with {len(tensors)} tensors; "
-                          "need a single tensor (or a dict/list holding exactly one)")
-    raise ConfigError(f"{label}: unsupported file type {ext or '(none)'!r}; use .npy or .pt")
+        if len(tensors) != 1:
+            raise ConfigError(f"{label}: holds a {type(obj).__name__} with {len(tensors)} tensors; "
+                              "need a single tensor (or a dict/list holding exactly one)")
+        t = tensors[0]
+    if t.layout != torch.strided:
+        check_memory(t.numel() * t.element_size(), f"{label}: the dense copy of a sparse tensor of shape "
+                                                   f"{tuple(t.shape)}")
+        try:
+            t = t.to_dense()
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"{label}: cannot make the {t.layout} tensor dense ({_first_line(e)})") from None
+    return t
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,12 +292,91 @@ def check_level(ci_level: float) -> float:
 
 
 def torch_device(device: Any):
-    """``device`` as a ``torch.device``, else a ConfigError."""
+    """``device`` as a ``torch.device`` that this torch can use (cpu, cuda, cuda:N), else a ConfigError."""
     import torch
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device={device!r} is not a valid torch device (e.g. cpu, cuda, cuda:0)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ConfigError(f"device={device!r} is not supported; allowed: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: CUDA is not available to this torch ({torch.__version__}); "
+                          "use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} is out of range; this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s): cuda:0 .. cuda:N-1")
+    return dev
+
+
+# --------------------------------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------------------------------
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} bytes" if unit == "bytes" else f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.3g} TiB"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, capped by a cgroup memory limit; None if unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            avail = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            free = max(0, int(limit) - used)
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """A ConfigError naming ``what`` and its size when ``nbytes`` exceed the available memory (checked before
+    allocating: a too-large allocation may otherwise succeed and have the process killed when it is touched)."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise ConfigError(f"{what} needs {_size(nbytes)} of memory; {_size(avail)} is available")
+
+
+def memory_errors(fn):
+    """Decorator: out-of-memory inside ``fn`` (numpy MemoryError, torch CPU or CUDA allocation failure) becomes
+    one ConfigError line that names the function and the size that failed."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemoryError as e:
+            raise ConfigError(f"{fn.__name__}: out of memory ({_first_line(e)})") from None
+        except RuntimeError as e:
+            msg = _first_line(e)
+            if "out of memory" in msg.lower() or "can't allocate memory" in msg.lower():
+                raise ConfigError(f"{fn.__name__}: out of memory ({msg[:200]})") from None
+            raise
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Cholesky of ``G_S - (tau^2 + guard) I`` (success certifies full rank); only fail
 eigenvalues inside the rounding band ``tau^2 +- guard`` (:func:`~vitheory.linalg.inputs.gram_guard`) are
 settled by the SVD of the subset itself.  ``mode="paper"`` reproduces the notebook's convention instead:
 float32 vectors, no normalisation, ``torch.linalg.matrix_rank`` default tolerance
-``sigma_max * max(k, d) * eps_float32``.
+``sigma_max * max(k, d) * eps_float32``, after scaling the whole array by a power of two so that float32 can
+hold it (:func:`paper_scale`).  Integer input is decided at tolerance here, like float input.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.linalg.inputs import (EPS32, EPS64, GUARD_C, as_vectors, check_int, check_level, check_tol,
-                                    default_tol, gram_guard, torch_device, unit_rows)
+from vitheory.linalg.inputs import (EPS32, EPS64, GUARD_C, as_vectors, check_int, check_level, check_memory,
+                                    check_tol, default_tol, gram_guard, memory_errors, torch_device, unit_rows)
 
 MODES = ("float64", "paper")
 
@@ -56,6 +57,32 @@ def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float,
     lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, n - successes + 1))
     hi = 1.0 if successes == n else float(beta.ppf(1 - a / 2, successes + 1, n - successes))
     return lo, hi
+
+
+def paper_scale(V: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(V * 2^-E, E)`` with the largest ``|entry|`` of ``V`` in ``[0.5, 1)``: the array paper mode casts to
+    float32.
+
+    The notebook cast the vectors to float32 as they were, which overflows to inf above 3.4e38 and flushes
+    entries below 1.2e-38 to (nearly) zero.  Its verdicts (``torch.linalg.matrix_rank``, tolerance relative to
+    ``sigma_max``) do not change when the whole array is multiplied by a power of two, which is exact, so paper
+    mode scales first and multiplies singular values back by ``2^E``: the same verdicts at every scale.  A row
+    still below float32's smallest normal number (2^-126) after that scaling cannot be held in float32 at all:
+    ConfigError."""
+    m = float(np.max(np.abs(V))) if V.size else 0.0
+    if m == 0.0:
+        return V, 0
+    E = int(np.frexp(m)[1])
+    W = np.ldexp(V, -E)
+    rows = np.max(np.abs(W), axis=-1)
+    tiny = (rows > 0) & (rows < 2.0 ** -126)
+    if tiny.any():
+        i = np.unravel_index(int(np.argmax(tiny)), tiny.shape)
+        raise ConfigError(f"mode=paper casts the vectors to float32, which cannot hold both the largest entry "
+                          f"({m:.3g}) and vector {tuple(int(j) for j in i) if len(i) > 1 else int(i[0])} (largest "
+                          f"entry {float(np.max(np.abs(V[i]))):.3g}): they differ by more than float32's range "
+                          "(2^126); use mode=float64")
+    return W, E
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,11 +126,15 @@ class _Prepared:
         import torch
         self.mode = mode
         self.T, self.d = V.shape
+        self.exponent = 0           # sigma_min of U = 2^-exponent * sigma_min of the input (paper mode)
         if mode == "float64":
             U, _ = unit_rows(V)
-        else:  # paper: the notebook's float32 vectors, no normalisation
-            U = V.astype(np.float32).astype(np.float64)
+        else:  # paper: the notebook's float32 vectors, no normalisation (scaled by 2^-E, see paper_scale)
+            W, self.exponent = paper_scale(V)
+            U = W.astype(np.float32).astype(np.float64)
         self.U = torch.from_numpy(U).to(device)
+        if self.T <= gram_limit:
+            check_memory(self.T * self.T * 8, f"the {self.T} x {self.T} Gram matrix of the vectors")
         self.G = self.U @ self.U.T if self.T <= gram_limit else None
         self.Gflat_np = self.G.numpy().ravel() if (self.G is not None and self.G.device.type == "cpu") else None
         self._local = threading.local()
@@ -371,8 +402,11 @@ def subsets_for(T: int, k: int, n_subsets: int, seed: int, subsets) -> tuple[np.
             raise ConfigError("subsets has a row with repeated indices; each subset needs k distinct vectors")
         return S.astype(np.int64), False
     total = math.comb(T, k)
+    check_memory(min(total, n_subsets) * k * 8 * 2, f"{min(total, n_subsets)} subsets of size k={k} (int64)")
     if total <= n_subsets:
-        return np.array(list(itertools.combinations(range(T), k)), dtype=np.int64).reshape(total, k), True
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(T), k)), dtype=np.int64,
+                           count=total * k)
+        return flat.reshape(total, k), True
     return random_subsets(T, k, n_subsets, seed), False
 
 
@@ -381,6 +415,7 @@ def rank_histogram(ranks: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(*np.unique(ranks, return_counts=True))}
 
 
+@memory_errors
 def sampled_rank_check(vectors: Any, k: int, n_subsets: int = 5000, tol: float | None = None, *,
                        seed: int = 0, mode: str = "float64", ranks: bool = True, spectra: bool = False,
                        ci_level: float = 0.95, device: Any = "cpu", subsets: Any = None,
@@ -425,6 +460,7 @@ def sampled_rank_check(vectors: Any, k: int, n_subsets: int = 5000, tol: float |
     St = torch.from_numpy(S).to(dev)
     full, rank, smin, n_fb = collect_verdicts(
         n, step, lambda i, j: _batch_decide(prep, St[i:j], tau, bool(ranks), bool(spectra)), dev)
+    smin = np.ldexp(smin, prep.exponent)
     n_full = int(full.sum())
     known = rank >= 0
     hist = rank_histogram(rank[known])
@@ -490,6 +526,7 @@ def _curve_estimate(ks, fr, pass_fraction):
     return est
 
 
+@memory_errors
 def sampled_kruskal_curve(vectors: Any, ks: Sequence[int] | None = None, n_subsets: int = 5000,
                           tol: float | None = None, *, seed: int = 0, ci_level: float = 0.95,
                           pass_fraction: float = 0.99, nested: bool = True, device: Any = "cpu",
@@ -544,7 +581,9 @@ def sampled_kruskal_curve(vectors: Any, ks: Sequence[int] | None = None, n_subse
     ks_arr = np.array(ks)
     n_fb = 0
     rng = np.random.default_rng(seed)
-    step = batch_size(dev, max(1, m * m), batch_elems)
+    # one batch holds b random orderings of T indices and b Gram blocks of m x m (the orderings are drawn
+    # row after row from one generator, so the batch size does not change them)
+    step = batch_size(dev, max(1, m * m, 2 * T), batch_elems)
     t2 = tau * tau
     if m >= 1:
         with torch.no_grad(), small_lapack_threads(dev):
