@@ -138,7 +138,8 @@ def add_commands(sub) -> None:
     s.add_argument("--k", type=int, default=None, metavar="K", help="subset size of the sampled check "
                    "(without it: the sampled curve over k)")
     s.add_argument("--tol", type=float, default=None, help="tolerance on sigma_min of unit vectors "
-                   "(default: 1e-10 for float64 input, 1e-5 for float32; the exact k-rank of integer input: exact arithmetic)")
+                   "(default: 1e-10 for float64 input, 1e-5 for float32; integer input without --tol: the exact "
+                   "k-rank in exact arithmetic)")
     s.add_argument("--columns", action="store_true", help="the vectors are the columns")
     s.add_argument("--mode", default="float64", choices=["float64", "paper"], help="sampled check convention")
     s.add_argument("--margins", action="store_true", help="sampled check: smallest singular value of every subset")
