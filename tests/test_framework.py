@@ -1,12 +1,6 @@
 """Configs, the CLI, run folders, resume after SIGKILL, report rebuilding, determinism."""
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -87,7 +81,7 @@ def test_run_folder_report_and_rebuild(tmp_path):
     assert (out / "report.md").read_text() == report
     # a second run of the same command computes nothing new
     before = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-    t0 = time.perf_counter()
+
     assert main(["run", "sample-complexity", "--scale", "smoke", *SMOKE_FAST, "--out", str(out), "--quiet"]) == 0
     assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == before
     # a different config refuses to mix into the same folder

@@ -1,4 +1,4 @@
-"""Exact and sampled Kruskal rank against brute force / per-subset SVD (vitheory.linalg.kruskal)."""
+"""Exact and sampled Kruskal rank against brute force / per-subset SVD (vitheory.linalg.exact, vitheory.linalg.sampled)."""
 import itertools
 import json
 import math
@@ -11,7 +11,7 @@ from vitheory.cli import main
 from vitheory.config import ConfigError
 from vitheory.linalg import (kruskal_rank, load_array, random_subsets, sampled_kruskal_curve, sampled_rank_check,
                              unit_rows)
-from vitheory.linalg.kruskal import clopper_pearson, default_tol
+from vitheory.linalg import clopper_pearson, default_tol
 
 
 # --------------------------------------------------------------------------------------------------

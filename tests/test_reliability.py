@@ -238,7 +238,8 @@ def c_config_list(tmp_path, capsys):
 def c_bad_metrics_row(tmp_path, capsys):
     parent = tmp_path / "all"
     parent.mkdir()
-    good, bad = run_folder(parent, "good"), run_folder(parent, "bad")
+    run_folder(parent, "good")
+    bad = run_folder(parent, "bad")
     with closing(sqlite3.connect(bad / "results.sqlite")) as con, con:
         con.execute("UPDATE trials SET metrics = '{broken' WHERE rowid = 1")
     refused(capsys, ["report", str(bad)], "not valid JSON", bad)

@@ -1,5 +1,4 @@
 """The paper-1 data model, shallow ViT, CNN baseline and batched trainer."""
-import math
 
 import pytest
 import torch

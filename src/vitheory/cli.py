@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="check every experiment's config and folder; run nothing")
     s.set_defaults(func=cmd_reproduce)
 
-    from vitheory.linalg.commands import add_commands as add_linalg_commands  # kruskal, assumptions
+    from vitheory.cli_linalg import add_commands as add_linalg_commands  # kruskal, assumptions
     add_linalg_commands(sub)
     return p
 
@@ -185,12 +185,13 @@ def main(argv=None) -> int:
         print("error: out of memory; use a smaller scale or smaller sizes (--set ...)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
-        # the reader of our output went away (e.g. `vitheory ... | head`): stop quietly, as a C tool would
+        # the reader of our output stopped early (e.g. `vitheory kruskal ... | head`): not an error; point stdout
+        # at /dev/null so that the interpreter's final flush does not fail on the closed pipe
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
-        return 141
+        return 0
     except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)

@@ -30,6 +30,9 @@ import pandas as pd
 from vitheory.analysis.figures import save_figure
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
 from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.linalg import (check_context_ranks, default_curve_ks, merge_context_checks, sampled_kruskal_curve,
+                             sampled_rank_check)
+from vitheory.linalg.sampled import subsets_for
 
 PAPER = "Mahdavi, Liao & Thrampoulidis, ICLR 2024"
 ROWS = ("embedding", "random_attention", "random_vit_layer1", "pretrained_vit_layer1")
@@ -159,7 +162,6 @@ def _hist(h: dict) -> dict:
 
 def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int, device: str, mode: str,
                      spectra: bool, sweep: bool = False) -> dict:
-    from vitheory.linalg import sampled_rank_check
     T = len(Q)
     if k > T:
         return {f"{prefix}_k": k, f"{prefix}_fraction": 0.0, f"{prefix}_note": f"T = {T} < k = {k}"}
@@ -185,13 +187,11 @@ def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int,
 
 
 def _subsets_of(Q, k, cfg, seed):
-    from vitheory.linalg.kruskal import _subsets_for
-    return _subsets_for(len(Q), k, cfg.n_subsets, seed, None)[0]
+    return subsets_for(len(Q), k, cfg.n_subsets, seed, None)[0]
 
 
 def _checks_for(tokens_batches, cfg: Config, seed: int, device: str, curve: bool) -> dict:
     """All metrics of one representation, from an iterator of (b, n, d) float32 token batches."""
-    from vitheory.linalg import check_context_ranks, default_curve_ks, merge_context_checks, sampled_kruskal_curve
     t0 = time.perf_counter()
     a2_parts, a2p_parts, cls = [], [], []
     for tok in tokens_batches:

@@ -11,13 +11,13 @@ and a query index ``q``.  Example ``t`` has the query vector ``e_t = tokens[t, q
 * **Assumption 2**: every context matrix ``E_t`` has full rank ``n`` (needs ``n <= d``).
 
 GP and Assumption 1 are tested the paper's way, by sampling ``n_subsets`` random subsets
-(:func:`~vitheory.linalg.kruskal.sampled_rank_check`); when there are at most ``n_subsets`` subsets all of them
+(:func:`~vitheory.linalg.sampled.sampled_rank_check`); when there are at most ``n_subsets`` subsets all of them
 are tested and the answer is exact.  Assumption 2 is tested on every example.
 
 Verdict rules (project choices, stated in each result's ``rule``): a sampled check is satisfied when its
 satisfied fraction is ``>= pass_fraction`` (default 0.99, so the paper's 0.9982 for the pretrained ViT counts as
 satisfied, as the notebook's table implies); an exhaustive check and Assumption 2 need every subset / example
-to have full rank.  Numerics: see :mod:`vitheory.linalg.kruskal` (``mode="float64"``: unit vectors, full rank
+to have full rank.  Numerics: see :mod:`vitheory.linalg.sampled` (``mode="float64"``: unit vectors, full rank
 iff ``sigma_min > tol``; ``mode="paper"``: float32 ``torch.linalg.matrix_rank`` default tolerance).
 """
 from __future__ import annotations
@@ -29,9 +29,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.linalg.kruskal import (KruskalCurve, SampledCheck, rank_histogram, _check_int, _check_mode, _device, as_vectors, check_tol,
-                                     decide_float64, decide_paper, default_curve_ks, default_tol,
-                                     sampled_kruskal_curve, sampled_rank_check, small_lapack_threads)
+from vitheory.linalg.inputs import (as_vectors, check_int, check_tol, default_tol, memory_errors, scale_rows,
+                                    torch_device)
+from vitheory.linalg.sampled import (KruskalCurve, SampledCheck, batch_size, check_mode, collect_verdicts,
+                                     decide_float64, decide_paper, default_curve_ks, paper_scale, rank_histogram,
+                                     sampled_kruskal_curve, sampled_rank_check)
 
 DEFINITIONS = {
     "general_position": "every min(T, d) query vectors are linearly independent (Kruskal rank = min(T, d))",
@@ -145,6 +147,7 @@ def _sampled_to_check(name: str, c: SampledCheck, pass_fraction: float, notes=()
                            tuple(notes), c.seconds)
 
 
+@memory_errors
 def check_context_ranks(tokens: Any, tol: float | None = None, *, mode: str = "float64", spectra: bool = True,
                         device: Any = "cpu", batch_elems: int | None = None) -> AssumptionCheck:
     """Assumption 2: does every context matrix ``tokens[t]`` (``n x d``) have full rank ``n``?
@@ -161,34 +164,26 @@ def check_context_ranks(tokens: Any, tol: float | None = None, *, mode: str = "f
 def _context_ranks(X: np.ndarray, dtype: str, tol, mode, spectra, device, batch_elems, t0) -> AssumptionCheck:
     import torch
     T, n, d = X.shape
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     tau = check_tol(default_tol(dtype) if tol is None else tol)
-    dev = _device(device)
-    full = np.zeros(T, dtype=bool)
-    rank = np.full(T, -1, dtype=np.int64)
-    smin = np.full(T, np.nan)
-    n_fb = 0
-    per = n * max(n, d)
-    step = max(1, (batch_elems or ((1 << 26) if dev.type == "cuda" else (1 << 22))) // per)
-    with torch.no_grad():
-        for i in range(0, T, step):
-            E = torch.from_numpy(X[i:i + step]).to(dev)
-            if mode == "float64":
-                nrm = E.norm(dim=2, keepdim=True)
-                E = E / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
-                Gs = E @ E.transpose(1, 2) if n <= d else None
-                with small_lapack_threads(dev):
-                    f, r, s_, fb = decide_float64(Gs, lambda sel, E=E: E if sel is None else E[sel], n, d, tau,
-                                                  True, spectra)
-            else:
-                E = E.float().double()
-                Gs = E @ E.transpose(1, 2) if n <= d else E.transpose(1, 2) @ E
-                with small_lapack_threads(dev):
-                    f, r, s_, fb = decide_paper(Gs, lambda sel, E=E: E[sel].float(), n, d)
-            full[i:i + step] = f.cpu().numpy()
-            rank[i:i + step] = r.cpu().numpy()
-            smin[i:i + step] = s_.cpu().numpy()
-            n_fb += fb
+    dev = torch_device(device)
+
+    exponent = 0
+    if mode == "paper":
+        X, exponent = paper_scale(X)
+
+    def decide(i, j):
+        if mode == "float64":
+            E = torch.from_numpy(scale_rows(X[i:j])).to(dev)     # (b, n, d), tokens scaled by powers of two
+            nrm = E.norm(dim=2, keepdim=True)
+            E = E / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
+            Gs = E @ E.transpose(1, 2) if n <= d else None
+            return decide_float64(Gs, lambda sel: E if sel is None else E[sel], n, d, tau, True, spectra)
+        E = torch.from_numpy(X[i:j]).to(dev).float().double()
+        Gs = E @ E.transpose(1, 2) if n <= d else E.transpose(1, 2) @ E
+        return decide_paper(Gs, lambda sel: E[sel].float(), n, d)
+    full, rank, smin, n_fb = collect_verdicts(T, batch_size(dev, n * max(n, d), batch_elems), decide, dev)
+    smin = np.ldexp(smin, exponent)
     n_full = int(full.sum())
     known = rank >= 0
     hist = rank_histogram(rank[known])
@@ -207,6 +202,7 @@ def _context_ranks(X: np.ndarray, dtype: str, tol, mode, spectra, device, batch_
                            tuple(notes), time.perf_counter() - t0)
 
 
+@memory_errors
 def check_assumptions(tokens: Any, query_index: int = 0, *, n_subsets: int = 5000, tol: float | None = None,
                       seed: int = 0, mode: str = "float64", pass_fraction: float = 0.99,
                       curve: bool | Sequence[int] = False, curve_subsets: int | None = None,
@@ -229,9 +225,9 @@ def check_assumptions(tokens: Any, query_index: int = 0, *, n_subsets: int = 500
         raise ConfigError(f"query_index={query_index!r} is out of range; allowed range: [{-n}, {n - 1}] "
                           f"(the token axis has n = {n} tokens)")
     qi = int(query_index) % n
-    n_subsets = _check_int("n_subsets", n_subsets, 1, 10_000_000)
-    seed = _check_int("seed", seed, 0)
-    mode = _check_mode(mode)
+    n_subsets = check_int("n_subsets", n_subsets, 1, 10_000_000)
+    seed = check_int("seed", seed, 0)
+    mode = check_mode(mode)
     if not isinstance(pass_fraction, (int, float)) or isinstance(pass_fraction, bool) or not 0.0 < pass_fraction <= 1.0:
         raise ConfigError(f"pass_fraction={pass_fraction!r} is out of range; allowed range: (0, 1]")
     tau = check_tol(default_tol(dtype) if tol is None else tol)

@@ -5,7 +5,6 @@ over it that also build the report (:mod:`vitheory.report`, a layer above this o
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile

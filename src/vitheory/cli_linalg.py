@@ -70,6 +70,12 @@ def format_curve(cv) -> str:
     return "\n".join(lines)
 
 
+def emit(text: str) -> int:
+    """Print a command's output and return exit code 0 (a reader that stops early is handled by ``cli.main``)."""
+    print(text, flush=True)
+    return 0
+
+
 def cmd_kruskal(args) -> int:
     from vitheory.config import ConfigError
     from vitheory.linalg import kruskal_rank, load_array, sampled_kruskal_curve, sampled_rank_check
@@ -78,6 +84,8 @@ def cmd_kruskal(args) -> int:
     if args.k is not None and args.samples is None:
         raise ConfigError("--k needs --samples S (the sampled check); the exact computation needs no k")
     from vitheory.linalg import as_vectors
+    from vitheory.linalg.inputs import torch_device
+    torch_device(args.device)                      # a device this torch cannot use fails before any work
     x, _ = as_vectors(load_array(args.file), args.file, keep_dtype=True)
     if args.columns:
         x = x.T
@@ -94,18 +102,18 @@ def cmd_kruskal(args) -> int:
     else:
         res = kruskal_rank(x, args.tol, max_subsets=args.max_subsets, time_limit=args.time_limit)
         text = format_kruskal(res)
-    print(json.dumps(res.to_dict(), default=_json_default, indent=1) if args.json else text)
-    return 0
+    return emit(json.dumps(res.to_dict(), default=_json_default, indent=1) if args.json else text)
 
 
 def cmd_assumptions(args) -> int:
     from vitheory.linalg import as_vectors, check_assumptions, load_array
+    from vitheory.linalg.inputs import torch_device
+    torch_device(args.device)
     x, _ = as_vectors(load_array(args.file), args.file, ndim=3, keep_dtype=True)
     rep = check_assumptions(x, args.query_index, n_subsets=args.samples, tol=args.tol, seed=args.seed,
                             mode=args.mode, pass_fraction=args.pass_fraction, curve=bool(args.curve),
                             spectra=args.margins, device=args.device)
-    print(json.dumps(rep.to_dict(), default=_json_default, indent=1) if args.json else rep.summary())
-    return 0
+    return emit(json.dumps(rep.to_dict(), default=_json_default, indent=1) if args.json else rep.summary())
 
 
 def add_commands(sub) -> None:
@@ -117,7 +125,8 @@ def add_commands(sub) -> None:
     s.add_argument("--k", type=int, default=None, metavar="K", help="subset size of the sampled check "
                    "(without it: the sampled curve over k)")
     s.add_argument("--tol", type=float, default=None, help="tolerance on sigma_min of unit vectors "
-                   "(default: 1e-10 for float64 input, 1e-5 for float32)")
+                   "(default: 1e-10 for float64 input, 1e-5 for float32; integer input without --tol: the exact "
+                   "k-rank in exact arithmetic)")
     s.add_argument("--columns", action="store_true", help="the vectors are the columns")
     s.add_argument("--mode", default="float64", choices=["float64", "paper"], help="sampled check convention")
     s.add_argument("--margins", action="store_true", help="sampled check: smallest singular value of every subset")
