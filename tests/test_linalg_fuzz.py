@@ -23,13 +23,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from vitheory.config import ConfigError  # noqa: E402
-from vitheory.linalg import (check_assumptions, check_context_ranks, default_tol, kruskal_rank,  # noqa: E402
+from vitheory.config import ConfigError
+from vitheory.linalg import (check_assumptions, check_context_ranks, default_tol, kruskal_rank,
                              sampled_kruskal_curve, sampled_rank_check, unit_rows)
 
 DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

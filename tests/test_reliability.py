@@ -364,13 +364,24 @@ FUZZ = [  # tests/test_fuzz_cli.py
      "error line; the input files unchanged"),
     ("random argument lists for every verb", "exit 0 or 2, never a traceback"),
 ]
+LINALG_FUZZ = [  # tests/test_linalg_fuzz.py
+    ("400 random arrays through every vitheory.linalg function: every dtype and byte order, structured rows "
+     "(duplicate, zero, parallel, planted-dependent, low-rank, integers near the top of their range), scales "
+     "1e-298 .. 1e301, NaN, Inf, empty, wrong number of dimensions",
+     "the result of the unscaled array (and the brute-force Kruskal rank), or ConfigError naming the input"),
+    ("60 integer arrays near 2^62: exact Kruskal rank", "equal to the rank in rational arithmetic"),
+    ("250 such arrays as .npy / .pt / sparse .pt files, truncated, garbage, text, missing or a folder, through "
+     "`kruskal` and `assumptions`", "the API's result, or exit 2 with one error line; no traceback"),
+    ("150 random in-range and out-of-range option values of `kruskal` / `assumptions`",
+     "a result, or exit 2 with one error line"),
+]
 
 
 def render() -> str:
     lines = ["# Reliability", "",
              "What was tried as a new user would, and what happens. Generated from the test suite: the cases are "
              "tests/test_reliability.py (each row is one test; the suite fails if an outcome differs), the faults "
-             "tests/test_faults.py, the property tests tests/test_fuzz_cli.py. Regenerate with "
+             "tests/test_faults.py, the property tests tests/test_fuzz_cli.py and tests/test_linalg_fuzz.py. Regenerate with "
              "`.venv/bin/python tests/test_reliability.py`; `tests/test_reliability.py::test_reliability_doc_is_current` "
              "keeps this page equal to the suite.", "",
              "Outcome classes: **works** (exit 0, result checked); **refused** (exit 2, one line `error: ...` naming "
@@ -381,8 +392,8 @@ def render() -> str:
     lines += ["", "## Faults", "", "| fault | outcome |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in FAULTS]
     lines += ["", "## Property tests", "", "| input | outcome |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in FUZZ]
-    lines += ["", f"In all: {len(CASES)} cases, {len(FAULTS)} faults, {len(FUZZ)} property tests; wrong results 0, "
+    lines += [f"| {a} | {b} |" for a, b in FUZZ + LINALG_FUZZ]
+    lines += ["", f"In all: {len(CASES)} cases, {len(FAULTS)} faults, {len(FUZZ) + len(LINALG_FUZZ)} property tests; wrong results 0, "
               "tracebacks 0, folders left by refused input 0, results lost 0 (each is an assertion of the suite).", ""]
     return "\n".join(lines)
 

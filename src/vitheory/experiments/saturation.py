@@ -89,8 +89,8 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         sup = bool(share.mean() >= cfg.share_min and ex.mean() >= cfg.examples_min)
         ev = (f"T={T}, {len(g)} seed(s): saturated (example, head) pairs {share.mean():.1%} (untrained "
               f"{init_share.mean():.1%}); examples with >= 1 saturated head {ex.mean():.1%}; saturated heads per "
-              f"example: " + ", ".join(f"{i}: {p:.0%}" for i, p in enumerate(hist)) +
-              f"; per-head saturation shares " + ", ".join(f"{s:.0%}" for s in head_share) +
+              "example: " + ", ".join(f"{i}: {p:.0%}" for i, p in enumerate(hist)) +
+              "; per-head saturation shares " + ", ".join(f"{s:.0%}" for s in head_share) +
               (f"; training accuracy {acc.mean():.3f}" if acc is not None else
                f"; training MSE {g['loss_best'].astype(float).mean():.4g}"))
         a.claims.append(Claim(f"C11-{context}-H{H}", f"{context} context, H={H}: after training, >= "
