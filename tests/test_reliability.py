@@ -364,6 +364,28 @@ FUZZ = [  # tests/test_fuzz_cli.py
      "error line; the input files unchanged"),
     ("random argument lists for every verb", "exit 0 or 2, never a traceback"),
 ]
+LINALG_CASES = [  # tests/test_linalg_inputs.py: (test function, case, outcome)
+    ("test_kruskal_rank_at_extreme_scales", "a 12x6 Gaussian array times 1e200 or 1e-200 through `kruskal_rank`",
+     "works: k-rank 6, as unscaled"),
+    ("test_assumptions_on_scaled_tokens", "`vitheory assumptions` on tokens scaled by 1e-200 .. 1e200",
+     "works: the three checks as unscaled"),
+    ("test_powers_of_two_give_bit_identical_results", "an array scaled by powers of two", "works: bit-identical"),
+    ("test_paper_mode_refuses_what_float32_cannot_hold", "paper (float32) mode on values float32 cannot hold",
+     "refused, naming the input"),
+    ("test_long_double_beyond_float64_is_refused", "long-double values beyond float64", "refused"),
+    ("test_int64_near_2_62_is_exact", "int64 values near 2^62", "works: k-rank 2 (rational arithmetic)"),
+    ("test_big_endian_arrays", "big-endian .npy arrays", "works: read, same result as little-endian"),
+    ("test_bad_npy_files", "a text file named .npy, a truncated .npy, a header claiming 149 GiB, an object "
+     "array, a string array", "refused with the file's actual problem (never called 'pickled' unless it is); no "
+     "pickle is loaded"),
+    ("test_memory_is_checked_before_allocating", "an array larger than the available memory",
+     "refused before allocating, naming the shape and the sizes"),
+    ("test_out_of_memory_becomes_one_error", "out of memory inside the rank computation", "refused: one line"),
+    ("test_pt_files", ".pt files: sparse COO and CSR tensors, integer tensors, two tensors, junk, a pickle "
+     "payload", "works (sparse and integer tensors) or refused with one line; loaded with weights_only=True"),
+    ("test_cuda_on_cpu_torch", "`--device cuda` on CPU torch", "refused: one line"),
+    ("test_closed_pipe_is_not_an_error", "`vitheory kruskal ... | head -c 10`", "works: quiet exit 0"),
+]
 LINALG_FUZZ = [  # tests/test_linalg_fuzz.py
     ("400 random arrays through every vitheory.linalg function: every dtype and byte order, structured rows "
      "(duplicate, zero, parallel, planted-dependent, low-rank, integers near the top of their range), scales "
@@ -391,11 +413,19 @@ def render() -> str:
     lines += [f"| {area} | {what} | {outcome} |" for area, what, outcome in CASES.values()]
     lines += ["", "## Faults", "", "| fault | outcome |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in FAULTS]
+    lines += ["", "## Linear-algebra inputs", "", "| case | outcome | test |", "|---|---|---|"]
+    lines += [f"| {case} | {outcome} | `{name}` |" for name, case, outcome in LINALG_CASES]
     lines += ["", "## Property tests", "", "| input | outcome |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in FUZZ + LINALG_FUZZ]
-    lines += ["", f"In all: {len(CASES)} cases, {len(FAULTS)} faults, {len(FUZZ) + len(LINALG_FUZZ)} property tests; wrong results 0, "
+    lines += ["", f"In all: {len(CASES) + len(LINALG_CASES)} cases, {len(FAULTS)} faults, {len(FUZZ) + len(LINALG_FUZZ)} property tests; wrong results 0, "
               "tracebacks 0, folders left by refused input 0, results lost 0 (each is an assertion of the suite).", ""]
     return "\n".join(lines)
+
+
+def test_linalg_rows_name_existing_tests():
+    source = (Path(__file__).parent / "test_linalg_inputs.py").read_text()
+    missing = [name for name, _, _ in LINALG_CASES if f"def {name}(" not in source]
+    assert not missing, f"docs/reliability.md rows name tests that do not exist: {missing}"
 
 
 def test_reliability_doc_is_current():
