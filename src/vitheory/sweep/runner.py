@@ -167,7 +167,7 @@ def in_trial_order(exp: Experiment, rows: list[dict], keys: list[str], keep_othe
 # ------------------------------------------------------------------------------------------------------------
 # the run folder: every check before anything is written
 # ------------------------------------------------------------------------------------------------------------
-LEFTOVERS = {"config.json", "config.json.tmp", "provenance.json", "report.html", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
+LEFTOVERS = {"config.json", "config.json.tmp", "provenance.json", "report.html", "trials.csv", "trials.parquet", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
              "results.sqlite-journal", "figures", "report.md", "summary.json"}
 
 
