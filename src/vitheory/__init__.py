@@ -6,6 +6,7 @@ Public API (a notebook can call these; the ``vitheory`` command line is a thin l
     vitheory.list_experiments()                      # name -> Experiment (paper, figure, claim)
     df = vitheory.run("sample-complexity", scale="smoke", overrides={"L": 24})  # one row per trial
     df = vitheory.run("sample-complexity", out="runs/sc")   # run folder with SQLite, figures, report
+    df = vitheory.run("sample-complexity", out="runs/sc", executor="dask")   # the same, on a Dask cluster
     vitheory.report("runs/sc")                       # rebuild the report from stored results
 """
 from vitheory._version import __version__  # noqa: F401  (the package version)
@@ -16,12 +17,17 @@ def list_experiments():
     return registry()
 
 
-def run(name, *, scale="default", overrides=None, seeds=None, out=None, device="auto", progress=True):
-    """Run an experiment (resuming in ``out``); with ``out`` also write its report.  One row per trial."""
+def run(name, *, scale="default", overrides=None, seeds=None, out=None, device="auto", progress=True,
+        executor="local", scheduler=None, workers=None):
+    """Run an experiment (resuming in ``out``); with ``out`` also write its report.  One row per trial.
+
+    ``executor="dask"`` runs the batches on a Dask cluster: the one at ``scheduler`` (e.g. ``"tcp://host:8786"``),
+    or, without it, a LocalCluster on 127.0.0.1 with ``workers`` processes (default: one per core) that is
+    stopped at the end.  The stored results are the same whichever executor ran them."""
     from vitheory.report.build import build_report
     from vitheory.sweep.runner import run_experiment
     df = run_experiment(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device,
-                        progress=progress)
+                        progress=progress, executor=executor, scheduler=scheduler, workers=workers)
     if out is not None:
         build_report(out)
     return df

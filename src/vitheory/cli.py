@@ -3,8 +3,10 @@
     vitheory list
     vitheory show EXPERIMENT                      (its parameters, defaults and scale presets)
     vitheory run EXPERIMENT [--scale smoke|default|paper] [--set key=value ...] [--seeds K] [--out DIR]
+                 [--executor local|dask [--scheduler ADDRESS | --workers N]]
     vitheory report DIR
-    vitheory reproduce [--scale ...] [--out DIR] [--only a,b]
+    vitheory reproduce [--scale ...] [--out DIR] [--only a,b] [--executor local|dask ...]
+    vitheory export DIR [--format csv|parquet] [--output FILE]
     vitheory kruskal FILE.npy|FILE.pt [--exact | --samples S --k K] [--tol X]
     vitheory assumptions FILE [--query-index I]
 
@@ -54,18 +56,21 @@ def cmd_show(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import vitheory
     overrides = parse_overrides(args.set or [])
     out = args.out if args.out is not None else _default_out(args.experiment, args.scale)
+    ex = dict(executor=args.executor, scheduler=args.scheduler, workers=args.workers)
     if args.dry_run:
         from vitheory.sweep.runner import plan_run
         plan = plan_run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
-                        device=args.device)
+                        device=args.device, **ex)
         print(plan.summary() + "; nothing was run or written (--dry-run)")
         return 0
-    df = vitheory.run(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
-                      device=args.device, progress=not args.quiet)
-    print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'}")
+    from vitheory.report.build import build_report
+    from vitheory.sweep.runner import run_experiment
+    df = run_experiment(args.experiment, scale=args.scale, overrides=overrides, seeds=args.seeds, out=out,
+                        device=args.device, progress=not args.quiet, argv=args.argv, **ex)
+    build_report(out)
+    print(f"{len(df)} trials in {out}; report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
     return 0
 
 
@@ -80,7 +85,10 @@ def cmd_reproduce(args) -> int:
     from vitheory.experiments.base import get_experiment, registry, resolve_config
     from vitheory.report.build import build_combined_report
     from vitheory.config import config_to_dict
-    from vitheory.sweep.runner import prepare_run_folder, resolve_device, run_experiment
+    from vitheory.sweep.executors import check_executor, make_executor
+    from vitheory.sweep.runner import check_device_name, prepare_run_folder, resolve_device, run_experiment
+    check_executor(args.executor, args.scheduler, args.workers)
+    check_device_name(args.device)
     if args.only is None:
         names = list(registry())
     else:
@@ -96,23 +104,52 @@ def cmd_reproduce(args) -> int:
         cfg = resolve_config(exp, args.scale)
         prepare_run_folder(root / n, exp.name, config_to_dict(cfg))
         exp.check_inputs(cfg)
-    resolve_device(args.device)
+    if args.executor == "local":
+        resolve_device(args.device)
     if args.dry_run:
         print(f"{len(names)} experiment(s) checked into {root}: {', '.join(names)}; nothing was run or written "
               "(--dry-run)")
         return 0
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {root}: cannot create the folder ({e.strerror or e})") from None
-    for n in names:
-        t0 = time.perf_counter()
-        print(f"== {n} ({args.scale})", flush=True)
-        run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet)
-        print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
+    with make_executor(args.executor, args.scheduler, args.workers) as executor:   # one cluster for every run
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {root}: cannot create the folder ({e.strerror or e})") from None
+        for n in names:
+            t0 = time.perf_counter()
+            print(f"== {n} ({args.scale})", flush=True)
+            run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet,
+                           executor=executor, argv=args.argv)
+            print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
     path = build_combined_report(root)
     print(f"report: {path}")
     return 0
+
+
+def cmd_export(args) -> int:
+    from vitheory.report.export import export_trials
+    path, n = export_trials(args.dir, args.format, args.output)
+    print(f"{n} trials -> {path}")
+    return 0
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give an integer in 1..1024") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give an integer in 1..1024")
+    return n
+
+
+def _executor_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--executor", default="local", choices=["local", "dask"],
+                   help="where batches run: this process, or a Dask cluster (pip install 'vitheory[cluster]')")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="with --executor dask: join the cluster at tcp://HOST:PORT (else a local cluster is started)")
+    s.add_argument("--workers", default=None, type=_workers, metavar="N",
+                   help="with --executor dask and no --scheduler: worker processes (default: one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--dry-run", action="store_true", help="check everything and print the plan; run and write nothing")
+    _executor_options(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("report", help="rebuild the report of a run folder from stored results only")
@@ -148,7 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="check every experiment's config and folder; run nothing")
+    _executor_options(s)
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("export", help="the trials of a run folder as one flat table (CSV or Parquet)")
+    s.add_argument("dir")
+    s.add_argument("--format", default="csv", choices=["csv", "parquet"])
+    s.add_argument("--output", default=None, help="file to write (default: DIR/trials.csv or DIR/trials.parquet)")
+    s.set_defaults(func=cmd_export)
 
     from vitheory.cli_linalg import add_commands as add_linalg_commands  # kruskal, assumptions
     add_linalg_commands(sub)
@@ -177,6 +222,7 @@ def main(argv=None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = ["vitheory", *(sys.argv[1:] if argv is None else list(argv))]   # recorded as provenance
         return args.func(args)
     except ConfigError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -15,7 +15,8 @@ import pandas as pd
 
 from vitheory.config import ConfigError, build_config
 from vitheory.experiments.base import Analysis, Experiment, get_experiment, results_frame
-from vitheory.sweep.store import dumps, open_store, read_run_config
+from vitheory.sweep.runner import in_trial_order
+from vitheory.sweep.store import dumps, open_store, read_run_config, trial_key
 
 
 def _setup_matplotlib() -> None:
@@ -30,6 +31,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Experiment, object, pd.DataFra
     cfg = build_config(exp.config, meta.get("config", {}))
     with open_store(run_dir) as store:
         rows = store.rows()
+    rows = in_trial_order(exp, rows, [trial_key(exp.name, t) for t in exp.trials(cfg)], keep_others=True)
     return exp, cfg, results_frame(rows), meta
 
 

@@ -19,21 +19,10 @@ import pandas as pd
 from vitheory._version import __version__
 from vitheory.config import ConfigError, config_to_dict
 from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
-from vitheory.progress import set_reporter
+from vitheory.sweep.batch import check_device_name, resolve_device  # noqa: F401  (resolve_device: the CLI's)
+from vitheory.sweep.executors import check_executor, make_executor
+from vitheory.sweep.provenance import finish_session, start_session
 from vitheory.sweep.store import Store, count_trials, dumps, read_run_config, trial_key
-
-
-def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device={device!r}: torch sees no CUDA device here; use --device cpu")
-        return device
-    raise ConfigError(f"--device={device!r} is not allowed; choose one of auto, cpu, cuda, cuda:N")
 
 
 def plan_batches(exp: Experiment, cfg, trials: list[dict]) -> list[list[dict]]:
@@ -48,45 +37,12 @@ def plan_batches(exp: Experiment, cfg, trials: list[dict]) -> list[list[dict]]:
     return out
 
 
-def _advance(bar, value: float, force: bool = False) -> None:
-    """Move the bar to ``value`` trials; within a batch it only moves forward (a batch may train twice)."""
-    if force or value > bar.n:
-        bar.n = round(value, 1)
-        bar.refresh()
-
-
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
                 bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
-
-
-def _run_batch(exp: Experiment, cfg, batch: list[dict], dev: str, bar) -> list[dict]:
-    """``run_trials`` on one batch, with the bar following the trainer's progress inside the batch."""
-    start = bar.n if bar is not None else 0
-    if bar is not None:
-        set_reporter(lambda f: _advance(bar, start + f * len(batch)))
-    try:
-        metrics = exp.run_trials(cfg, batch, dev)
-    except MemoryError:
-        raise ConfigError(out_of_memory(exp, batch, "")) from None
-    except RuntimeError as e:                        # torch's allocators raise RuntimeError when memory runs out
-        if "memory" not in str(e).lower() and "allocate" not in str(e).lower():
-            raise
-        raise ConfigError(out_of_memory(exp, batch, " ".join(str(e).split())[:200])) from None
-    finally:
-        set_reporter(None)
-    if bar is not None:
-        _advance(bar, start + len(batch), force=True)
-    return metrics
-
-
-def out_of_memory(exp: Experiment, batch: list[dict], detail: str) -> str:
-    return (f"out of memory training a batch of {len(batch)} trials of {exp.name}{' (' + detail + ')' if detail else ''}; "
-            "everything stored so far is kept: lower the models trained together (batch_models / max_models) or the "
-            "sizes (--set ...), then re-run the same command to resume")
 
 
 @dataclass
@@ -98,22 +54,33 @@ class RunPlan:
     todo: list[dict]                 # the trials not yet stored in the run folder
     batches: list[list[dict]]        # the batches the todo trials run in
     run_dir: Path | None
-    device: str
+    device: str                      # resolved here for the local executor; as given (resolved per worker) for dask
+    executor: str = "local"
+    scheduler: str | None = None
 
     def summary(self) -> str:
         where = f" in {self.run_dir}" if self.run_dir is not None else " (no run folder)"
+        on = self.device if self.executor == "local" else \
+            f"dask workers ({self.scheduler or 'a local cluster on 127.0.0.1'}; --device {self.device} on each)"
         return (f"{self.experiment.name}: {len(self.trials)} trials, {len(self.trials) - len(self.todo)} already "
-                f"stored, {len(self.todo)} to run in {len(self.batches)} batch(es) on {self.device}{where}")
+                f"stored, {len(self.todo)} to run in {len(self.batches)} batch(es) on {on}{where}")
 
 
 def plan_run(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
-             seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto") -> RunPlan:
-    """Resolve and check everything a run needs -- config, device, run folder, input files -- writing nothing.
+             seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto",
+             executor: str = "local", scheduler: str | None = None, workers: int | None = None) -> RunPlan:
+    """Resolve and check everything a run needs -- config, device, executor, run folder, input files -- writing
+    nothing.  (A scheduler address is checked for its form here; it is connected to when the run starts, still
+    before the run folder is created.)
 
     Raises :class:`~vitheory.config.ConfigError` naming the problem."""
+    exp_name = executor if isinstance(executor, str) else getattr(executor, "name", "local")
+    if isinstance(executor, str):
+        check_executor(executor, scheduler, workers)
     exp = get_experiment(name)
     cfg = resolve_config(exp, scale, overrides, seeds)
-    dev = resolve_device(device)
+    check_device_name(device)
+    dev = resolve_device(device) if exp_name == "local" else device
     trials = exp.trials(cfg)
     run_dir = None if out is None else prepare_run_folder(out, exp.name, config_to_dict(cfg))
     exp.check_inputs(cfg)                  # files, folders, weights: before anything is written
@@ -123,60 +90,84 @@ def plan_run(name: str, *, scale: str = "default", overrides: Mapping[str, Any] 
         with Store(run_dir / "results.sqlite", read_only=True) as store:
             done = store.done_keys()
         todo = [t for t in trials if trial_key(exp.name, t) not in done]
-    return RunPlan(exp, cfg, trials, todo, plan_batches(exp, cfg, todo), run_dir, dev)
+    return RunPlan(exp, cfg, trials, todo, plan_batches(exp, cfg, todo), run_dir, dev, exp_name, scheduler)
 
 
 def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str, Any] | None = None,
                    seeds: int | None = None, out: str | os.PathLike | None = None, device: str = "auto",
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, executor: Any = "local", scheduler: str | None = None,
+                   workers: int | None = None, argv: list[str] | None = None) -> pd.DataFrame:
     """Run experiment ``name`` and return its results, one row per trial.
 
-    With ``out`` set, results go to a run folder (config.json, results.sqlite); re-running the same command
-    skips finished trials.  With ``out=None`` nothing is written.  The report (figures/, summary.json,
-    report.md) is built by :func:`vitheory.report.build.build_report` from what is stored.
+    With ``out`` set, results go to a run folder (config.json, results.sqlite, provenance.json); re-running the
+    same command skips finished trials.  With ``out=None`` nothing is written.  ``executor`` is ``"local"`` (this
+    process), ``"dask"`` (a LocalCluster on 127.0.0.1 with ``workers`` processes, or the cluster at
+    ``scheduler``), or an executor object of :mod:`vitheory.sweep.executors` (e.g. one cluster shared by several
+    runs).  Whatever the executor, only this process writes the store, batch by batch as they finish.  The
+    report is built by :func:`vitheory.report.build.build_report` from what is stored.
     Raises :class:`~vitheory.config.ConfigError` on bad input before anything is written.
     """
-    plan = plan_run(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device)
+    plan = plan_run(name, scale=scale, overrides=overrides, seeds=seeds, out=out, device=device,
+                    executor=executor, scheduler=scheduler, workers=workers)
     exp, cfg, trials, dev = plan.experiment, plan.config, plan.trials, plan.device
     cfg_dict = config_to_dict(cfg)
+    owned = not hasattr(executor, "map_batches")
+    ex = make_executor(executor, scheduler, workers)
 
-    if plan.run_dir is None:
-        rows = []
-        bar = _progress(len(trials), exp.name, progress)
-        for batch in plan.batches:
-            metrics = _run_batch(exp, cfg, batch, dev, bar)
-            rows.extend({"params": {**cfg_dict, **t}, "metrics": m} for t, m in zip(batch, metrics))
-        if bar is not None:
-            bar.close()
-        return results_frame(rows)
+    if owned:
+        ex.__enter__()                       # connect / start the cluster: before the run folder is written
+    try:
+        if plan.run_dir is None:
+            found: dict[str, dict] = {}
+            bar = _progress(len(trials), exp.name, progress)
+            for batch, metrics, _ in ex.map_batches(exp, cfg, plan.batches, dev, bar):
+                found.update({trial_key(exp.name, t): {"params": {**cfg_dict, **t}, "metrics": m}
+                              for t, m in zip(batch, metrics)})
+            if bar is not None:
+                bar.close()
+            return results_frame([found[trial_key(exp.name, t)] for t in trials])   # in trial order
+        return _run_into_folder(plan, ex, scale, progress, argv)
+    finally:
+        if owned:
+            ex.__exit__(None, None, None)
 
-    run_dir = plan.run_dir
+
+def _run_into_folder(plan: RunPlan, ex, scale: str, progress: bool, argv: list[str] | None) -> pd.DataFrame:
+    exp, cfg, trials, dev, run_dir = plan.experiment, plan.config, plan.trials, plan.device, plan.run_dir
+    cfg_dict = config_to_dict(cfg)
     write_config(run_dir, {"experiment": exp.name, "scale": scale, "config": cfg_dict,
                            "vitheory_version": __version__})
+    started = time.time()
     with Store(run_dir / "results.sqlite") as store:
         done = store.done_keys()
         keyed = [(trial_key(exp.name, t), t) for t in trials]
         todo = [t for k, t in keyed if k not in done]       # again: another process may have stored some
+        session = start_session(run_dir, argv, ex.describe(), dev, len(todo), started)
         bar = _progress(len(trials), exp.name, progress)
         if bar is not None:
             bar.update(len(trials) - len(todo))
-        for batch in plan_batches(exp, cfg, todo):
-            t0 = time.perf_counter()
-            metrics = _run_batch(exp, cfg, batch, dev, bar)
-            per = (time.perf_counter() - t0) / len(batch)
+        for batch, metrics, per in ex.map_batches(exp, cfg, plan_batches(exp, cfg, todo), dev, bar):
             store.insert_many(exp.name, [(trial_key(exp.name, t), {**cfg_dict, **t}, m, per)
                                          for t, m in zip(batch, metrics)])
         if bar is not None:
             bar.close()
-        wanted = {k for k, _ in keyed}
-        rows = [r for r in store.rows() if r["key"] in wanted]
+        finish_session(run_dir, session, getattr(ex, "seen", None) and ex.seen.as_dict())
+        rows = in_trial_order(exp, store.rows(), [k for k, _ in keyed])
     return results_frame(rows)
+
+
+def in_trial_order(exp: Experiment, rows: list[dict], keys: list[str], keep_others: bool = False) -> list[dict]:
+    """``rows`` (stored in the order batches finished, which differs between executors) in the order of the
+    experiment's trials, so that every table computed from them is the same whichever executor ran them."""
+    order = {k: i for i, k in enumerate(keys)}
+    kept = [r for r in rows if keep_others or r["key"] in order]
+    return sorted(kept, key=lambda r: order.get(r["key"], len(order)))   # stable: unknown rows keep their order
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the run folder: every check before anything is written
 # ------------------------------------------------------------------------------------------------------------
-LEFTOVERS = {"config.json", "config.json.tmp", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
+LEFTOVERS = {"config.json", "config.json.tmp", "provenance.json", "report.html", "trials.csv", "trials.parquet", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
              "results.sqlite-journal", "figures", "report.md", "summary.json"}
 
 
