@@ -48,6 +48,9 @@ class Calibration(S.ShallowConfig):
     probe_size: int = knob(128, "fresh samples per trial on which A(0) and A(T) are measured", project_choice=True)
     floor_samples: int = knob(100_000, "fresh samples of the floor check (oracle vote, mean pooling)", project_choice=True)
     success_rate: float = knob(0.95, "success-rate threshold that defines N_min", project_choice=True)
+    lr: float = knob(0.2, "SGD step size eta (0.5 with the logistic loss: test error rises again with long training)", project_choice=True)
+    alpha_conf: float = knob(0.03, "average fraction alpha_# of confusion tokens (0.03: the data condition holds "
+                                   "down to alpha_* = 0.2)", project_choice=True)
     seeds: int = knob(4, "trials per grid cell")
 
     def validate(self) -> None:
@@ -59,7 +62,7 @@ class Calibration(S.ShallowConfig):
 class Config(Calibration):
     inv_alpha2: tuple[float, ...] = knob((4.0, 6.25, 9.0, 12.25, 16.0, 20.25, 25.0),
                                          "grid of alpha_*^-2 (alpha_*^-1 = 2, 2.5, ..., 5: wide enough to separate the laws)")
-    N_grid: tuple[int, ...] = knob((4, 8, 12, 16, 24, 32, 48, 64, 96, 128), "grid of N (where this calibration's boundary lies)")
+    N_grid: tuple[int, ...] = knob((8, 16, 24, 32, 48, 64, 96, 128, 192, 256), "grid of N (where this calibration's boundary lies)")
 
     def validate(self) -> None:
         super().validate()
@@ -197,5 +200,5 @@ EXPERIMENT = S.shallow_experiment(
     Config, trials, analyze, plot,
     smoke={"inv_alpha2": (4.0, 9.0, 14.0), "N_grid": (8, 24), "steps": 60, "min_steps": 20, "n_test": 200,
            "floor_samples": 2000, "probe_size": 16},
-    paper={"inv_alpha2": tuple(float(v) for v in range(4, 26, 2)), "N_grid": (4, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128),
+    paper={"inv_alpha2": tuple(float(v) for v in range(4, 26, 2)), "N_grid": (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320),
            "seeds": 20})
