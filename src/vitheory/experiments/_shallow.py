@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vitheory.config import ConfigError, check_choice, check_range, knob
+from vitheory.data.token_floor import classifier_floor
 from vitheory.data.tokens import RELEVANT, TokenSamples, make_patterns, sample_tokens
 from vitheory.experiments.base import Analysis, Experiment
 from vitheory.models.cnn import CNNConfig, TokenCNN, matched_width
@@ -40,7 +41,7 @@ SMOKE = {"d": 16, "d_k": 8, "d_v": 8, "m": 32, "L": 20, "tau": 1.5, "n_test": 10
 MAX_SCALE = 100.0
 
 # generator streams of a trial (see vitheory.seeding.stream_generator)
-PATTERNS, TRAIN, INIT, SGD, TEST, PROBE, REMOVAL = range(7)
+PATTERNS, TRAIN, INIT, SGD, TEST, PROBE, REMOVAL, FLOOR = range(8)
 generator = stream_generator
 
 
@@ -64,13 +65,23 @@ class ShallowConfig:
     d_v: int = knob(16, "value dimension", project_choice=True)
     sigma: float = knob(1.0, "initial model error of W_V around the pattern-aligned reference", project_choice=True)
     delta: float = knob(0.1, "initial error of W_Q, W_K around their reference", project_choice=True)
-    qk_reference: Literal["patterns", "zero"] = knob("patterns", "reference of W_Q, W_K: pattern-aligned, or zero (uniform attention)", project_choice=True)
+    qk_reference: Literal["patterns", "zero", "query"] = knob(
+        "patterns", "reference of W_Q, W_K: pattern-aligned; zero (uniform attention, a saddle: attention does not learn); "
+        "query (W_Q pattern-aligned, W_K ~ 0: uniform attention at the start, not a saddle)", project_choice=True)
     train_a: bool = knob(False, "train the output layer a (default frozen at +-1/sqrt(m))", project_choice=True)
     scale_scores: bool = knob(False, "divide attention scores by sqrt(d_k)", project_choice=True)
     cnn_kernel: int = knob(3, "CNN baseline: window size over the token sequence", project_choice=True)
     # training
     lr: float = knob(0.5, "SGD step size eta", project_choice=True)
-    lr_qk_scale: float = knob(1.0, "step size of W_Q, W_K relative to eta", project_choice=True)
+    lr_qk_scale: float = knob(1.0, "attention/MLP step-size ratio: step size of W_Q, W_K relative to eta (that of W_V, W_O)", project_choice=True)
+    loss: Literal["hinge", "logistic"] = knob("hinge", "training loss: hinge (the paper's) or logistic (a named alternative: "
+                                             "no zero-gradient region, so training is not stopped by hinge saturation)", project_choice=True)
+    epochs: float = knob(0.0, "step budget in epochs: a model trained on N samples takes ceil(epochs N / B) steps, "
+                              "clamped to [min_steps, steps]; 0 = every model takes up to `steps`", project_choice=True)
+    min_steps: int = knob(1, "smallest step budget when `epochs` > 0", project_choice=True)
+    floor_samples: int = knob(0, "fresh samples on which the oracle-vote and mean-pooling errors (the floor) are "
+                                 "measured before the grid (0: no floor check)", project_choice=True)
+    probe_size: int = knob(0, "fresh samples on which every ViT trial's attention A(0), A(T) is measured (0: not measured)", project_choice=True)
     batch: int = knob(16, "SGD mini-batch size B", project_choice=True)
     steps: int = knob(800, "maximum SGD iterations T", project_choice=True)
     eval_every: int = knob(50, "full training-set evaluation period (early stop once all margins >= 1)", project_choice=True)
@@ -97,7 +108,12 @@ class ShallowConfig:
         check_range("d_v", self.d_v, 1, 4096)
         check_range("sigma", self.sigma, 0.0, MAX_SCALE)
         check_range("delta", self.delta, 0.0, MAX_SCALE)
-        check_choice("qk_reference", self.qk_reference, ("patterns", "zero"))
+        check_choice("qk_reference", self.qk_reference, ("patterns", "zero", "query"))
+        check_choice("loss", self.loss, ("hinge", "logistic"))
+        check_range("epochs", self.epochs, 0.0, 1e6)
+        check_range("min_steps", self.min_steps, 1, 10_000_000)
+        check_range("probe_size", self.probe_size, 0, 100_000)
+        check_range("floor_samples", self.floor_samples, 0, 100_000_000)
         check_range("cnn_kernel", self.cnn_kernel, 1, self.L)
         check_range("lr", self.lr, 0.0, MAX_SCALE, lo_open=True)
         check_range("lr_qk_scale", self.lr_qk_scale, 0.0, MAX_SCALE, lo_open=True)
@@ -277,10 +293,15 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     X, y, n = stack_padded(train, device)
     model = build_models(cfg, trials, patterns, device)
     lr = torch.tensor([TrialParams.of(cfg, t).lr for t in trials])
+    budget = step_budget(cfg, n)
+    probe = attention_probe(cfg, trials, patterns, device, keep_fn) if isinstance(model, ShallowViT) else None
+    A0 = probe_attention(model, probe)
     res = train_hinge_sgd(model, X, y, n, steps=cfg.steps, batch=cfg.batch, lr=lr,
                           generators=[generator(t["seed"], SGD) for t in trials], eval_every=cfg.eval_every,
                           callback=callback, callback_every=callback_every,
-                          lr_scale={"W_Q": cfg.lr_qk_scale, "W_K": cfg.lr_qk_scale} if cfg.lr_qk_scale != 1 else None)
+                          lr_scale={"W_Q": cfg.lr_qk_scale, "W_K": cfg.lr_qk_scale} if cfg.lr_qk_scale != 1 else None,
+                          loss=cfg.loss, model_steps=budget)
+    AT = probe_attention(model, probe)
     if res.train_error is not None:   # the trainer's last evaluation already measured it
         train_err = res.train_error
     else:
@@ -298,8 +319,37 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
                         "diverged": bool(diverged[k]), "fit_step": int(res.fit_step[k]),
                         # steps until all training margins were >= 1 (hinge SGD cannot move the model after),
                         # else the steps trained: a property of the trial, not of the batch it ran in
-                        "steps_run": retired if retired >= 0 else int(res.steps_run)})
+                        "steps_run": retired if retired >= 0 else (int(min(budget[k], res.steps_run))
+                                                                   if budget is not None else int(res.steps_run))})
+        if A0 is not None:
+            metrics[-1].update({"attention_initial": float(A0[0][k]), "attention_final": float(AT[0][k]),
+                                "attention_initial_all": float(A0[1][k]), "attention_final_all": float(AT[1][k])})
     return metrics, model, patterns, res
+
+
+def step_budget(cfg: ShallowConfig, n: torch.Tensor) -> torch.Tensor | None:
+    """[K] steps per model: ceil(epochs N_k / B) clamped to [min_steps, steps] (None when epochs = 0)."""
+    if cfg.epochs <= 0:
+        return None
+    b = torch.ceil(cfg.epochs * n.double() / cfg.batch).long()
+    return b.clamp(min=min(cfg.min_steps, cfg.steps), max=cfg.steps)
+
+
+def attention_probe(cfg: ShallowConfig, trials, patterns, device, keep_fn=None):
+    """Fresh probe samples (the PROBE stream of each trial) for A(0), A(T); None when probe_size = 0."""
+    if cfg.probe_size <= 0:
+        return None
+    parts = [draw(cfg, t, p, cfg.probe_size, generator(t["seed"], PROBE)) for t, p in zip(trials, patterns)]
+    if keep_fn is not None:
+        parts = [keep_fn(t, s) for t, s in zip(trials, parts)]
+    return (torch.stack([s.X for s in parts]).to(device), torch.stack([s.category for s in parts]).to(device))
+
+
+def probe_attention(model, probe):
+    """(A over queries at relevant tokens, A over all queries), each [K]; None without a probe."""
+    if probe is None:
+        return None
+    return (relevant_attention(model, *probe, queries="relevant"), relevant_attention(model, *probe, queries="all"))
 
 
 def diverged_models(model) -> np.ndarray:
@@ -311,20 +361,88 @@ def diverged_models(model) -> np.ndarray:
     return bad.numpy()
 
 
-def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-    """A = sum of softmax weight each query puts on label-relevant keys, averaged over queries and samples: [K]."""
+def attention_on_relevant(attn: torch.Tensor, category: torch.Tensor, queries: str = "all") -> torch.Tensor:
+    """A = sum_{s relevant} softmax_s(x_s^T W_K^T W_Q x_l), averaged over the queries l and the samples: [K].
+
+    attn [K, B, L(query), L(key)], category [K, B, L].  ``queries``: "all" (every query token l) or
+    "relevant" (only queries l at label-relevant tokens; every sample has at least one).
+    """
+    rel = (category == RELEVANT).float()                                    # [K,B,L]
+    per_query = (attn * rel[:, :, None, :]).sum(-1)                         # [K,B,L(query)]
+    if queries == "all":
+        return per_query.mean(dim=(1, 2))
+    if queries != "relevant":
+        raise ValueError(f"queries={queries!r}; choose all or relevant")
+    return (per_query * rel).sum(dim=(1, 2)) / rel.sum(dim=(1, 2)).clamp_min(1)
+
+
+def relevant_attention(model: ShallowViT, samples_X: torch.Tensor, category: torch.Tensor,
+                       queries: str = "all") -> torch.Tensor:
+    """A(t) of :func:`attention_on_relevant` for the model's current weights: [K] (on the CPU)."""
     with torch.no_grad():
-        attn = model.attention(samples_X)                                   # [K,B,L,L]
-        rel = (category == RELEVANT).float()                                # [K,B,L]
-        return (attn * rel[:, :, None, :]).sum(-1).mean(dim=(1, 2)).cpu()
+        return attention_on_relevant(model.attention(samples_X), category, queries).cpu()
 
 
 # --------------------------------------------------------------------------------------------------
 # registration
 # --------------------------------------------------------------------------------------------------
 def run_trials(cfg: ShallowConfig, batch: list[dict], device: str) -> list[dict]:
-    """The default runner of a paper-1 experiment: train the batch, return its metrics."""
+    """The default runner of a paper-1 experiment: train the batch, return its metrics (floor trials: the floor)."""
+    if batch[0].get("model") == "floor":
+        return [floor_metrics(cfg, t) for t in batch]
     return train_trials(cfg, batch, device)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# floor check: the target classifier's error before a grid runs
+# --------------------------------------------------------------------------------------------------
+def floor_trials(cfg: ShallowConfig, cells: list[dict]) -> list[dict]:
+    """One floor trial (model "floor") per distinct data model among ``cells`` (dicts of per-trial data knobs);
+    they come first in the trial list, so the floor is measured before the grid trains."""
+    if cfg.floor_samples <= 0:
+        return []
+    out, seen = [], set()
+    for c in cells:
+        t = {"model": "floor", "N": 0, "seed": 0, **c}
+        key = tuple(sorted(t.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def floor_metrics(cfg: ShallowConfig, trial: dict) -> dict:
+    """Oracle-vote and mean-pooling errors on ``floor_samples`` fresh samples of the trial's data model."""
+    p = TrialParams.of(cfg, trial)
+    patterns = trial_patterns(cfg, trial)
+    return classifier_floor(patterns, cfg.floor_samples, generator=generator(p.seed, FLOOR), L=p.L,
+                            alpha_star=p.alpha_star, alpha_conf=p.alpha_conf, tau=p.tau, noise=cfg.noise,
+                            counts=cfg.counts, spurious_tokens=p.spurious_tokens, spurious_corr=0.5)
+
+
+def floor_report(df, by: str = "alpha_star"):
+    """(table, notes) of the floor trials in ``df``: oracle-vote and mean-pooling errors per data model, and a
+    "floor not zero" note for each data model where the oracle errs."""
+    import pandas as pd
+    if "model" not in df or not (df["model"] == "floor").any():
+        return None, []
+    sub = df[df["model"] == "floor"].sort_values(by)
+    cols = [c for c in (by, "L", "tau", "alpha_conf") if c in sub and sub[c].notna().all()]
+    tab = sub[cols + ["n", "oracle_errors", "oracle_error_ub", "mean_pool_errors", "mean_pool_error_ub"]].reset_index(drop=True)
+    tab = tab.astype({"n": int, "oracle_errors": int, "mean_pool_errors": int})
+    notes = []
+    bad = tab[tab["oracle_errors"] > 0]
+    for r in bad.itertuples(index=False):
+        notes.append(f"floor not zero: the oracle vote errs on {r.oracle_errors} of {r.n} fresh samples at "
+                     f"{by} = {getattr(r, by):.4g}; failures there are partly a noise floor, not sample complexity.")
+    mp = tab[tab["mean_pool_errors"] > 0]
+    notes.append(f"floor check on {int(tab['n'].iloc[0])} fresh samples per data model: the oracle vote (nearest-pattern "
+                 f"majority, the target classifier) errs on {int(tab['oracle_errors'].sum())} in total "
+                 f"({'zero floor' if len(bad) == 0 else 'floor NOT zero'}); mean pooling (uniform attention, the best "
+                 f"linear read-out) errs at {len(mp)} of {len(tab)} data models"
+                 + (f" ({', '.join(f'{getattr(r, by):.3g}: {r.mean_pool_errors}' for r in mp.itertuples(index=False))})"
+                    if len(mp) else "") + ".")
+    return pd.DataFrame(tab), notes
 
 
 def shallow_experiment(name: str, figure: str, claim: str, config: type, trials: Callable,

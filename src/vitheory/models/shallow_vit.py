@@ -19,6 +19,9 @@ Project choices (the paper's available sources leave them open; each is a knob o
   pattern span (zero rows beyond M), so x_s^T W_K^T W_Q x_l starts near mu(s)^T mu(l);
   ``qk_reference='zero'`` drops U^T (near-uniform attention at the start: W_Q, W_K then start at a
   saddle where their gradients are O(delta) and attention barely moves),
+  ``qk_reference='query'`` keeps U^T in W_Q only (W_K = delta G / sqrt(d)): the scores are O(delta), so the
+  attention starts near uniform (A(0) ~ alpha_*) as with 'zero', but dscore/dW_K = W_Q x_l x_s^T is O(1):
+  not a saddle, the attention learns from the first step,
   W_O ~ N(0, 1/d_v); G are standard Gaussians.
 
 Parameters are stored with a leading model axis K: W_Q [K, d_k, d], W_K [K, d_k, d], W_V [K, d_v, d],
@@ -43,7 +46,7 @@ class ShallowViTConfig:
     scale_scores: bool = False  # divide scores by sqrt(d_k)
     sigma: float = 0.1     # initial error of W_V around the pattern-aligned reference
     delta: float = 0.1     # initial error of W_Q, W_K around their reference
-    qk_reference: str = "patterns"  # "patterns" (pattern-aligned) or "zero"
+    qk_reference: str = "patterns"  # "patterns" (pattern-aligned), "zero" or "query" (W_Q aligned, W_K ~ 0)
 
 
 class ShallowViT(nn.Module):
@@ -61,12 +64,13 @@ class ShallowViT(nn.Module):
             r = min(rows, Q.shape[1])
             U[:r] = Q.T[:r].float()
             return U
-        U = coords(dk) if cfg.qk_reference == "patterns" else torch.zeros(dk, d)
+        U_q = coords(dk) if cfg.qk_reference in ("patterns", "query") else torch.zeros(dk, d)
+        U_k = coords(dk) if cfg.qk_reference == "patterns" else torch.zeros(dk, d)
         P = coords(dv)
         WQ, WK, WV, WO, a = [], [], [], [], []
         for g in generators:
-            WQ.append(U + cfg.delta * torch.randn(dk, d, generator=g) / d ** 0.5)
-            WK.append(U + cfg.delta * torch.randn(dk, d, generator=g) / d ** 0.5)
+            WQ.append(U_q + cfg.delta * torch.randn(dk, d, generator=g) / d ** 0.5)
+            WK.append(U_k + cfg.delta * torch.randn(dk, d, generator=g) / d ** 0.5)
             WV.append(P + cfg.sigma * torch.randn(dv, d, generator=g) / d ** 0.5)
             WO.append(torch.randn(m, dv, generator=g) / dv ** 0.5)
             a.append(torch.where(torch.rand(m, generator=g) < 0.5, 1.0, -1.0) / m ** 0.5)

@@ -49,17 +49,28 @@ def df_to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines)
 
 
+SMOKE_NOTE = ("**Smoke scale: every verdict below is a pipeline check (the code ran end to end), not evidence "
+              "for or against the paper's claim.**")
+
+
+def verdict_text(c, scale: str | None) -> str:
+    return f"{c.verdict} (pipeline check)" if scale == "smoke" else c.verdict
+
+
 def render_section(exp: Experiment, meta: dict, analysis: Analysis, figures: list[str], n_rows: int,
-                   fig_prefix: str = "figures", heading: str = "#") -> str:
+                   fig_prefix: str = "figures", heading: str = "#", smoke_note: bool = True) -> str:
     cfg = meta.get("config", {})
-    out = [f"{heading} {exp.name}: {exp.figure}", "",
-           f"**Paper:** {exp.paper}  ", f"**Claim under test:** {exp.claim}  ",
-           f"**Scale:** `{meta.get('scale')}` · **trials stored:** {n_rows}", ""]
+    scale = meta.get("scale")
+    out = [f"{heading} {exp.name}: {exp.figure}", ""]
+    if scale == "smoke" and smoke_note:
+        out += [SMOKE_NOTE, ""]
+    out += [f"**Paper:** {exp.paper}  ", f"**Claim under test:** {exp.claim}  ",
+            f"**Scale:** `{scale}` · **trials stored:** {n_rows}", ""]
     if exp.description:
         out += [exp.description, ""]
     out += ["| claim | verdict | evidence (measured) |", "|---|---|---|"]
     for c in analysis.claims:
-        out.append(f"| **{c.id}** {c.statement} | {c.verdict} | {c.evidence} |")
+        out.append(f"| **{c.id}** {c.statement} | {verdict_text(c, scale)} | {c.evidence} |")
     out.append("")
     for title, table in analysis.tables.items():
         out += [f"**{title}**", "", df_to_markdown(table), ""]
@@ -154,13 +165,14 @@ def build_combined_report(root: str | os.PathLike) -> Path:
     loaded.sort(key=lambda t: rank.get(t[1].name, len(ORDER)))
     for d, exp, meta, analysis, figures, n in loaded:
         for c in analysis.claims:
-            summary.append(f"| {exp.name} | {c.id}: {c.statement} | **{c.verdict}** |")
+            summary.append(f"| {exp.name} | {c.id}: {c.statement} | **{verdict_text(c, meta.get('scale'))}** |")
         sections.append(render_section(exp, meta, analysis, figures, n, fig_prefix=f"{d.name}/figures",
-                                       heading="##"))
+                                       heading="##", smoke_note=False))
     scales = sorted({m.get("scale", "?") for _, _, m, *_ in loaded})
     text = ["# vitheory report", "",
             "Each section states a paper's claim, the numbers measured in this run, and whether they support it. "
             "Verdicts use the stated rules; a claim the measurement does not support is reported as such.", "",
+            *([SMOKE_NOTE, ""] if "smoke" in scales else []),
             f"Scale(s): {', '.join(scales)}. Rebuild with `vitheory report {root}`.", "",
             "## Summary", "", "| experiment | claim | verdict |", "|---|---|---|", *summary, "", *sections]
     path = root / "report.md"

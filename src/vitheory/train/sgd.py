@@ -1,6 +1,7 @@
-"""Mini-batch SGD on the hinge loss for K independent models at once.
+"""Mini-batch SGD on the hinge loss (the paper's) or the logistic loss for K independent models at once.
 
     loss_k = (1/B) sum_{n in batch_k} max{1 - y_n F_k(X_n), 0},   theta_k <- theta_k - eta_k grad loss_k
+    (logistic, a named alternative [project choice]: log(1 + exp(-y_n F_k(X_n))) in place of the hinge)
 
 The K models share nothing: model k samples its own mini-batches (from its own generator, among its
 own N_k training samples) and has its own step size eta_k.  Summing the K losses before taking
@@ -9,7 +10,9 @@ steps.
 
 A model whose training margins y F(X) are all >= 1 has zero hinge gradient on every mini-batch, so it
 can never move again: at each evaluation such models are *retired* from the batch (their result is
-final), and the step stops once none is left.  This changes no number, only the cost.
+final), and the step stops once none is left.  This changes no number, only the cost.  The logistic loss has no zero-gradient region, so its models
+are never retired by their margins; ``model_steps`` (a per-model step budget, e.g. a number of epochs)
+retires model k after its own ``model_steps[k]`` steps.
 """
 from __future__ import annotations
 
@@ -24,6 +27,14 @@ import vitheory.progress as progress
 
 def hinge(yF: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1.0 - yF, min=0.0)
+
+
+def logistic(yF: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(-yF)), computed stably."""
+    return torch.nn.functional.softplus(-yF)
+
+
+LOSSES = {"hinge": hinge, "logistic": logistic}
 
 
 # Samples per forward chunk in evaluation: the hidden activations of K models ([K, chunk, L, m]) then
@@ -66,7 +77,8 @@ class TrainResult:
 def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch.Tensor, *,
                     steps: int, batch: int, lr: torch.Tensor, generators: list[torch.Generator],
                     eval_every: int = 0, callback: Callable[[int, nn.Module], None] | None = None,
-                    callback_every: int = 0, lr_scale: dict[str, float] | None = None) -> TrainResult:
+                    callback_every: int = 0, lr_scale: dict[str, float] | None = None,
+                    loss: str = "hinge", model_steps: torch.Tensor | None = None) -> TrainResult:
     """Train the K models of ``model`` on padded data X [K, Nmax, L, d], y [K, Nmax]; N_k = n[k].
 
     ``eval_every`` > 0: every that many steps, each model's full training error is recorded
@@ -74,7 +86,10 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     ``callback(step, model)`` runs at step 0 and every ``callback_every`` steps; while a callback is
     set no model is retired, so that the callback sees every model at every step it asks for.
     ``lr_scale`` multiplies the step of the named parameters (e.g. ``{"W_Q": 10, "W_K": 10}``).
+    ``loss``: "hinge" or "logistic" (logistic models are never retired by their margins).
+    ``model_steps`` [K]: model k takes at most that many steps (its result is final after them); None: ``steps``.
     """
+    loss_fn = LOSSES[loss]
     K, Nmax = y.shape
     device = X.device
     lr = lr.to(device)
@@ -95,11 +110,12 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     last_err = torch.zeros(K)
     done = torch.zeros(K, dtype=torch.bool)
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, ids: torch.Tensor | None = None) -> None:
         # only the active models: a retired model has zero gradient on every mini-batch, so its
         # parameters, and hence its training error, are final (same numbers, less work)
         nonlocal active
-        ids = active
+        final = ids is not None          # models that just ran out of budget: record, change nothing else
+        ids = active if ids is None else ids
         n_a = n_dev[ids]
         nmax = int(n_a.max())
         F = predict(model, X, params=full, models=None if len(ids) == K else ids, n=nmax)  # [K_act, nmax]
@@ -112,12 +128,27 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         result.history.append((step, err))
         result.train_error = err
         fit_step[(err == 0) & (fit_step < 0)] = step
-        done[ids_c] = (margin >= 1).all(dim=1).cpu()
-        retired_step[done & (retired_step < 0)] = step
+        if final:
+            return
+        if loss == "hinge":
+            done[ids_c] = (margin >= 1).all(dim=1).cpu()
+            retired_step[done & (retired_step < 0)] = step
         if callback is None:
-            active = torch.nonzero(~done.to(device)).flatten()
+            active = torch.nonzero(~(done | over).to(device)).flatten()
+
+    budget = None if model_steps is None else model_steps.long().cpu()
+    over = torch.zeros(K, dtype=torch.bool)    # models past their own step budget
 
     for step in range(steps):
+        if budget is not None and bool((budget == step).any()):
+            ending = torch.nonzero((budget == step) & ~done).flatten().to(device)
+            if eval_every > 0 and len(ending):
+                evaluate(step, ending)     # the training error at the end of their budget
+            over |= budget <= step
+            active = torch.nonzero(~(done | over).to(device)).flatten()
+            if len(active) == 0:
+                result.steps_run = step
+                return result
         if step % 10 == 0:
             progress.report(0.9 * step / steps)
         if callback is not None and callback_every > 0 and step % callback_every == 0:
@@ -138,8 +169,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         everyone = len(active) == K
         # while every model is active, differentiate the parameters in place (no gather/scatter copies)
         sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable)) for k, v in full.items()}
-        loss = hinge(yb * model(xb, sub)).mean(dim=1).sum()
-        grads = torch.autograd.grad(loss, [sub[k] for k in trainable])
+        objective = loss_fn(yb * model(xb, sub)).mean(dim=1).sum()
+        grads = torch.autograd.grad(objective, [sub[k] for k in trainable])
         with torch.no_grad():
             lr_a = lr if everyone else lr[active]
             for k, g_ in zip(trainable, grads):
