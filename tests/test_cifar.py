@@ -1,7 +1,6 @@
 """CIFAR-10 readers (python and binary layouts, checksum rule, corrupt files), the restricted unpickler against
 malicious pickles, foolbox's 20 real CIFAR-10 images, and the class-folder image reader."""
 import builtins
-import importlib.util
 import os
 import pickle
 
@@ -72,6 +71,35 @@ def test_python_layout_folder_or_parent(tmp_path, bytes_keys):
     x = data["test_batch"][0]
     assert tuple(t.images[0, 0, 1]) == (x[0, 1], x[0, 1025], x[0, 2049])
     assert len(read_cifar10(tmp_path, n=13)) == 13
+
+
+def _py2_style(obj) -> bytes:
+    """A protocol-2 pickle shaped like the original (Python 2, numpy 1.x) CIFAR files: arrays through the
+    ``numpy.core.multiarray._reconstruct`` global, their bytes as a latin-1 string (what ``encoding="latin1"``
+    hands numpy)."""
+    import io
+    from vitheory.data.safe_pickle import _reconstruct
+
+    class P(pickle.Pickler):
+        def reducer_override(self, o):
+            if type(o) is np.ndarray:
+                return (_reconstruct(), (np.ndarray, (0,), "b"),
+                        (1, o.shape, o.dtype, False, o.tobytes().decode("latin1")))
+            return NotImplemented
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump(obj)
+    b = buf.getvalue()
+    return b.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")   # the numpy 1.x path
+
+
+def test_python2_numpy1_style_batch(tmp_path):
+    d, _ = write_py(tmp_path)
+    x, y = _arrays(99)
+    blob = _py2_style({"batch_label": "testing batch 1 of 1", "data": x, "labels": [int(v) for v in y]})
+    assert b"cnumpy.core.multiarray\n_reconstruct" in blob
+    (d / "test_batch").write_bytes(blob)
+    t = read_cifar10(tmp_path, "test")
+    assert np.array_equal(_planes(t.images), x) and np.array_equal(t.labels, y)
 
 
 def test_binary_layout_folder_or_parent(tmp_path):

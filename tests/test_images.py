@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vitheory.config import ConfigError
-from vitheory.data.images import (folder_images, load_cifar10, load_images, package_crops, package_photographs,
-                                  restricted_unpickle)
+from vitheory.data.cifar import restricted_unpickle
+from vitheory.data.images import folder_images, load_cifar10, load_images, package_crops, package_photographs
 
 HAS_SKIMAGE = importlib.util.find_spec("skimage") is not None
 

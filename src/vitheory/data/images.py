@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.data.cifar import (CIFAR_CLASSES, CIFAR_PY_MD5, CIFAR_TEST, CIFAR_TRAIN,  # noqa: F401 (re-exported)
-                                 read_cifar10, restricted_unpickle)
+from vitheory.data.cifar import read_cifar10
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
