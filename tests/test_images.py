@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vitheory.config import ConfigError
-from vitheory.data.images import (folder_images, load_cifar10, load_images, package_crops, package_photographs,
-                                  restricted_unpickle)
+from vitheory.data.cifar import restricted_unpickle
+from vitheory.data.images import folder_images, load_cifar10, load_images, package_crops, package_photographs
 
 HAS_SKIMAGE = importlib.util.find_spec("skimage") is not None
 
@@ -114,8 +114,9 @@ def test_cifar_python_layout(tmp_path):
     t = load_cifar10(d, "test", verify_md5=False)
     assert np.array_equal(t.images.reshape(7, 32 * 32, 3).transpose(0, 2, 1).reshape(7, 3072), data["test_batch"][0])
     assert load_cifar10(tmp_path, n=10, verify_md5=False).images.shape[0] == 10
+    assert load_cifar10(tmp_path).images.shape[0] == 35   # not of the official sizes: no md5 check ("auto")
     with pytest.raises(ConfigError, match="md5"):
-        load_cifar10(tmp_path)                    # not the published files: refused unless told otherwise
+        load_cifar10(tmp_path, verify_md5=True)   # not the published files: refused when the check is asked for
 
 
 def test_cifar_refuses_code_in_pickles(tmp_path):

@@ -13,24 +13,21 @@ Nothing here downloads anything.
   centre-cropped to a square and resized.
 * :func:`noise_images`: i.i.d. uniform pixels, a diagnostic (not real images).
 * :func:`load_cifar10`: CIFAR-10 from a local copy in the standard *python* layout (``cifar-10-batches-py``,
-  pickles read by a restricted unpickler that only admits numpy's array-reconstruction globals, after an md5
-  check) or *binary* layout (``cifar-10-batches-bin``, plain bytes), as a folder or the original ``.tar.gz``.
+  pickles read by a restricted unpickler that only admits numpy's array-reconstruction globals, md5 checked when
+  a batch has its official size) or *binary* layout (``cifar-10-batches-bin``, plain bytes), as a folder or the
+  original ``.tar.gz``; the reader is :mod:`vitheory.data.cifar`.
 
 Images are returned as ``uint8`` arrays of shape ``(N, H, W, 3)``.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import pickle
-import tarfile
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from vitheory.config import ConfigError
+from vitheory.data.cifar import read_cifar10
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -39,18 +36,6 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
                   "retina", "camera", "coins", "moon", "brick", "grass", "gravel", "cell", "clock", "page", "text",
                   "microaneurysms")
 
-CIFAR_PY_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-}
-CIFAR_TRAIN = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
-CIFAR_TEST = ("test_batch",)
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass(frozen=True)
@@ -209,149 +194,17 @@ def folder_images(path: str | os.PathLike, n: int | None = None, size: int = 224
 
 
 # --------------------------------------------------------------------------------------------------
-# CIFAR-10 from a local copy
+# CIFAR-10 from a local copy (the reader lives in cifar.py)
 # --------------------------------------------------------------------------------------------------
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler whose class lookup admits only numpy's array-reconstruction globals (project choice, see
-    dependencies.md 5.3): ``ndarray``, ``dtype`` and ``multiarray._reconstruct`` under both the numpy 1.x
-    ``numpy.core`` and the numpy 2.x ``numpy._core`` paths.  Everything else is refused, so a pickle cannot
-    run code chosen by its author."""
-
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR-10 batch")
-        if name == "_reconstruct":
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy 1.x
-                from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-            return _reconstruct
-        return getattr(np, name)
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR-10 batch")
-
-
-def restricted_unpickle(data: bytes, where: str):
-    try:
-        return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise ConfigError(f"{where}: refused or corrupt CIFAR-10 python batch ({e})") from None
-
-
-def _python_batch(data: bytes, where: str, verify_md5: bool, member: str) -> tuple[np.ndarray, np.ndarray]:
-    if verify_md5 and member in CIFAR_PY_MD5:
-        h = hashlib.md5(data).hexdigest()
-        if h != CIFAR_PY_MD5[member]:
-            raise ConfigError(f"{where}: md5 {h} differs from the published {CIFAR_PY_MD5[member]}; "
-                              "pass verify_md5=False to read a modified copy (still with the restricted unpickler)")
-    obj = restricted_unpickle(data, where)
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{where}: not a CIFAR-10 batch (a {type(obj).__name__}, not a dict)")
-    obj = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
-    if "data" not in obj or "labels" not in obj:
-        raise ConfigError(f"{where}: not a CIFAR-10 batch (keys {sorted(obj)}; need 'data' and 'labels')")
-    x, y = obj["data"], np.asarray(obj["labels"])
-    return _validate_cifar(x, y, where)
-
-
-def _binary_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if len(data) == 0 or len(data) % 3073:
-        raise ConfigError(f"{where}: {len(data)} bytes is not a whole number of 3073-byte CIFAR-10 records")
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3073)
-    return _validate_cifar(raw[:, 1:], raw[:, 0], where)
-
-
-def _validate_cifar(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-        shape = getattr(x, "shape", None)
-        raise ConfigError(f"{where}: CIFAR-10 data must be uint8 of shape (N, 3072); got "
-                          f"{getattr(x, 'dtype', type(x).__name__)} {shape}")
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() > 9)):
-        raise ConfigError(f"{where}: CIFAR-10 labels must be {x.shape[0]} integers in 0..9")
-    imgs = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(imgs), y.astype(np.int64)
-
-
 def load_cifar10(path: str | os.PathLike, split: str = "train", n: int | None = None,
-                 verify_md5: bool = True) -> ImageSet:
-    """CIFAR-10 images (N, 32, 32, 3) uint8 and labels from a local copy; never downloads.
+                 verify_md5="auto") -> ImageSet:
+    """CIFAR-10 images (N, 32, 32, 3) uint8 and labels from a local copy as an :class:`ImageSet`; never downloads.
 
-    ``path``: a ``cifar-10-batches-py`` or ``cifar-10-batches-bin`` folder, a folder containing one, or the
-    original ``cifar-10-python.tar.gz`` / ``cifar-10-binary.tar.gz`` (read without extracting).
+    See :func:`vitheory.data.cifar.read_cifar10` for the layouts and the checksum rule (``verify_md5``: "auto",
+    the default, checks the md5 of a python batch that has its official size; True always; False never).
     """
-    if split not in ("train", "test"):
-        raise ConfigError(f"split={split!r} is not allowed; choose one of train, test")
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise ConfigError(f"CIFAR-10 path {p}: no such file or folder")
-    members_py = CIFAR_TRAIN if split == "train" else CIFAR_TEST
-    members_bin = tuple(m + ".bin" for m in members_py)
-    readers: list[tuple[str, Callable[[], bytes], str]] = []   # (where, read, member)
-    layout = None
-    if os.path.isfile(p):
-        try:
-            tf = tarfile.open(p, "r:*")
-        except (tarfile.TarError, OSError) as e:
-            raise ConfigError(f"CIFAR-10 path {p}: not a readable tar archive ({e})") from None
-        with tf:
-            names = {os.path.basename(m.name): m for m in tf.getmembers() if m.isfile()}
-            if all(m in names for m in members_py):
-                layout, wanted = "python", members_py
-            elif all(m in names for m in members_bin):
-                layout, wanted = "binary", members_bin
-            else:
-                raise ConfigError(f"CIFAR-10 archive {p}: holds neither the python nor the binary {split} batches")
-            blobs = {}
-            for m in wanted:
-                f = tf.extractfile(names[m])
-                blobs[m] = f.read() if f is not None else b""
-        readers = [(f"{p}:{m}", (lambda b=blobs[m]: b), m) for m in wanted]
-    else:
-        cands = [p, os.path.join(p, "cifar-10-batches-py"), os.path.join(p, "cifar-10-batches-bin")]
-        for c in cands:
-            if os.path.isdir(c) and all(os.path.isfile(os.path.join(c, m)) for m in members_py):
-                layout, folder, wanted = "python", c, members_py
-                break
-            if os.path.isdir(c) and all(os.path.isfile(os.path.join(c, m)) for m in members_bin):
-                layout, folder, wanted = "binary", c, members_bin
-                break
-        if layout is None:
-            raise ConfigError(f"CIFAR-10 path {p}: no {split} batches found ({', '.join(members_py)} for the python "
-                              f"layout, or {', '.join(members_bin)} for the binary layout)")
-
-        def _reader(fp):
-            def read():
-                try:
-                    with open(fp, "rb") as fh:
-                        return fh.read()
-                except OSError as e:
-                    raise ConfigError(f"{fp}: cannot read ({e})") from None
-            return read
-        readers = [(os.path.join(folder, m), _reader(os.path.join(folder, m)), m) for m in wanted]
-    xs, ys = [], []
-    total = 0
-    for where, read, member in readers:
-        data = read()
-        x, y = (_python_batch(data, where, verify_md5, member) if layout == "python" else _binary_batch(data, where))
-        xs.append(x)
-        ys.append(y)
-        total += len(x)
-        if n is not None and total >= n:
-            break
-    imgs, labels = np.concatenate(xs), np.concatenate(ys)
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"n_images={n!r} is out of range; allowed range: [1, inf) (an integer)")
-        if n > len(imgs):
-            raise ConfigError(f"n_images={n} is out of range; the CIFAR-10 {split} split at {p} has {len(imgs)} images")
-        imgs, labels = imgs[:n], labels[:n]
-    return ImageSet(imgs, tuple(f"cifar10-{split}[{i}]" for i in range(len(imgs))), f"CIFAR-10 {layout} {split} at {p}",
-                    labels)
+    s = read_cifar10(path, split, n, verify_md5)
+    return ImageSet(s.images, tuple(f"cifar10-{split}[{i}]" for i in range(len(s))), s.source, s.labels)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
