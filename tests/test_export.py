@@ -26,7 +26,7 @@ def check_table(table: pd.DataFrame, run) -> None:
     assert {"experiment", "trial_key", "trial_seconds"} <= set(table.columns)
     assert set(df.columns) <= set(table.columns)                     # every param and metric, one column each
     assert list(table["seed"]) == list(df["seed"]) and list(table["N"]) == list(df["N"])
-    assert table["test_error"].tolist() == pytest.approx(df["test_error"].tolist())
+    assert table["test_error"].tolist() == pytest.approx(df["test_error"].tolist(), nan_ok=True)
     assert json.loads(table["N_grid"].iloc[0]) == [20, 40]            # a list value as JSON text
 
 
