@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 from vitheory.config import ConfigError
@@ -105,3 +106,41 @@ def test_analysis_reports_a_failed_certificate():
     a = exp.analyze(cfg, df)
     c = {c.id: c for c in a.claims}
     assert c["C13-certified"].supported is False and "rank deficit 1: test" in c["C13-certified"].evidence
+
+
+def test_rank_bound_holds_for_any_weights():
+    """Each head's attention sums to 1, so rank Phi <= H(n-1)+1 whatever the weights: with d_h >= n the
+    construction's T_max is the most any weights can certify."""
+    H, n, d, dh = 3, 4, 10, 6
+    T = MC.rank_bound(H, n) + 5
+    rng = np.random.default_rng(1)
+    q, E = rng.random((T, d)), rng.random((n, d))
+    for scale in (0.1, 3.0, 30.0):
+        W_Q, W_K = rng.standard_normal((2, H, d, dh)) * scale
+        assert np.linalg.matrix_rank(MC.features(q, E, W_Q, W_K)) <= MC.rank_bound(H, n)
+
+
+@settings(max_examples=25, deadline=None)
+@given(H=st.integers(1, 4), n=st.integers(2, 6), dh=st.integers(1, 7), extra_d=st.integers(1, 6),
+       seed=st.integers(0, 10_000))
+def test_certifies_random_small_cells(H, n, dh, extra_d, seed):
+    d = n + extra_d
+    T = MC.capacity(H, n, dh)
+    q, E, y = _data(T, d, n, seed)
+    cert = MC.certify(MC.construct(q, E, y, H, dh), q, E, y)
+    # positive queries always admit a peeling order, so the construction must certify
+    assert cert.certified, cert.reason
+
+
+def test_queries_inside_the_cone_are_peeled():
+    """T = 33 queries in d = 4: some are not extreme rays of the cone of all queries (not separable from all
+    others); the peeling order and the logit-scale hierarchy still certify."""
+    H, n, dh, d = 16, 3, 2, 4
+    T = MC.capacity(H, n, dh)
+    q, E, y = _data(T, d, n, seed=0)
+    inside = [t for t in range(T) if MC.separation(q[t], np.delete(q, t, axis=0))[0] <= 0]
+    assert len(inside) >= 2
+    m = MC.construct(q, E, y, H, dh)
+    assert m.lam > 40                                                # the hierarchy was needed
+    cert = MC.certify(m, q, E, y)
+    assert cert.certified and cert.rank == T, cert.reason

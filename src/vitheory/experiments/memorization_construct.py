@@ -171,9 +171,10 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
                               "(the expected failure)", len(passed) == 0, ev))
     a1_ok = bool((main["a1_fraction"] == 1.0).all() and main["a2_full_rank"].astype(bool).all())
     a.notes.append(f"Data of the certified trials: Assumption 2 (rank E = n) and the sampled Assumption 1 check "
-                   f"({cfg.check_subsets} n-subsets) pass in every trial: {a1_ok}. The selection step also needs each "
-                   f"responsible query to be separable from the others through the origin (LP margin > 0); the "
-                   f"smallest margin found: {main['min_margin'].min():.3g} (capped at 1).")
+                   f"({cfg.check_subsets} n-subsets) pass in every trial: {a1_ok}. The selection step also needs a "
+                   f"peeling order: each responsible query separable through the origin from the later ones (LP "
+                   f"margin > 0); smallest margin found {main['min_margin'].min():.3g} (capped at 1), largest "
+                   f"logit scale lambda {main['lam'].max():.3g}.")
     a.notes.append("Shared context only (Proposition 2's setting), d_v = 1, no input map or positions; the paper's "
                    "proof is not available, so this is the project's construction from the proof idea.")
     show = cells.copy()

@@ -17,18 +17,23 @@ matrix Phi has rank T.  Because every a_h sums to 1, rank Phi <= H (n - 1) + 1 f
 
 Construction (m = min(n - 1, d_h) responsible queries per head, capacity T_max = H m + 1):
 
-1. Selection margins (a linear program per query): maximize delta_t subject to alpha_t . e^(t) = 1 and
-   alpha_t . e^(s) <= -delta_t for every s != t.  delta_t > 0 iff e^(t) can be separated through the origin
-   from the other queries (it is an extreme ray of their cone; a repeated query -- Assumption 1 broken -- gives
-   delta_t <= -1).  The query with the smallest margin is the anchor (the "+1"); the others are dealt to heads
-   in blocks: head h is responsible for G_h = {t_h1, ..., t_hm}, and t_hi selects context token i (1..m).
+1. Selection order (linear programs, :func:`selection_order`): a peeling order t_1, ..., t_T of the queries
+   such that each e^(t_j) is separated through the origin from every *later* query:
+   max delta_j s.t. alpha_j . e^(t_j) = 1 and alpha_j . e^(t_k) <= -delta_j for k > j (delta capped at 1).
+   Queries separable from all others (extreme rays of their cone) come first; the rest are peeled one at a
+   time.  Positive queries (the project's Uniform[0, 1]^d data) with no two collinear always admit such an
+   order; a repeated query -- Assumption 1 broken -- gets delta <= -1 against its twin.  The last query is the
+   anchor (the "+1"); the others are dealt to heads round robin: the j-th goes to head (j - 1) mod H and
+   selects context token 1 + (j - 1) div H, so head h is responsible for m queries.
 2. Key-query weights.  With Assumption 2 (E has full row rank n) E E^+ = I_n for E^+ = E^T (E E^T)^{-1}, so
        W_K^h = E^+ S          (S in R^{n x d_h}: S[i, i-1] = 1 for i = 1..m, else 0)
-       W_Q^h = lambda [alpha_{t_h1}, ..., alpha_{t_hm}, 0, ...]            (d x d_h)
-   give the logits E W_K^h (W_Q^h)^T e = lambda (0, alpha_{t_h1} . e, ..., alpha_{t_hm} . e, 0, ..., 0):
-   token i's logit is lambda on t_hi and <= -lambda delta on every other query; the tokens 0 and m+1..n-1 keep
-   logit 0.  With lambda = ``saturation`` / min(delta, 1) every head is saturated: on t_hi one-hot on token i, on
-   every other query (almost exactly) uniform over the zero-logit tokens, the same vector for all of them.
+   and W_Q^h (d x d_h) with column i-1 = lambda_j alpha_j for the query t_j that selects token i (other
+   columns 0) give logits
+   lambda_j alpha_j . e on token i and 0 on the tokens 0 and m+1..n-1.  Scales, last query first:
+   lambda_j delta_j >= ``saturation`` (token i carries weight <= exp(-saturation) on every later query) and
+   lambda_j >= saturation + lambda_k (alpha_k . e^(t_j))_+ for every later k of the same head (t_j's own
+   token wins on t_j).  So every head is saturated on its own queries, one-hot on their tokens, and the
+   features, rows and columns in peeling order, are block upper triangular with a unit diagonal: rank T.
    Rank E W_K^h (W_Q^h)^T <= m <= d_h, which is where d_h enters.
 3. Read-out.  W_O^h = e_1^T, w_U = e_1, b_U = 0, W_V^h = E^+ u_h, so E W_V^h W_O^h w_U = u_h.  u is the
    minimum-norm solution of Phi u = y (numpy lstsq on the *computed* features, not the idealised ones).
@@ -60,7 +65,8 @@ class ConstructedMHA:
 
     W_Q, W_K [H, d, d_h]; W_V [H, d, 1]; W_O [H, 1, d]; w_U [d]; b_U float.
     head [T] int: the head responsible for each query (-1 = the anchor); token [T]: the token it selects (0 = none).
-    margins [T]: delta_t of the selection LP; lam: the logit scale lambda.
+    margins [T]: delta_t of the selection LP (against the later queries; NaN for the anchor);
+    lam: the largest logit scale lambda_j.
     """
     W_Q: np.ndarray
     W_K: np.ndarray
@@ -93,26 +99,45 @@ def rank_bound(H: int, n: int) -> int:
     return H * (n - 1) + 1
 
 
-def selection_margins(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per query t: (delta_t, alpha_t) of the LP max delta s.t. alpha.e_t = 1, alpha.e_s + delta <= 0 (s != t).
-
-    queries [T, d] -> margins [T], alphas [T, d].  delta is capped at 1 (the LP is then bounded).
-    """
-    T, d = queries.shape
-    margins, alphas = np.empty(T), np.zeros((T, d))
+def separation(target: np.ndarray, others: np.ndarray) -> tuple[float, np.ndarray]:
+    """(delta, alpha) of the LP  max delta  s.t.  alpha . target = 1,  alpha . e_s + delta <= 0 for the rows e_s of
+    ``others``;  delta is capped at 1 (the LP is then bounded), -inf when target = 0."""
+    d = target.shape[0]
+    if len(others) == 0:
+        return 1.0, target / max(float(target @ target), 1e-300)
     c = np.zeros(d + 1)
     c[-1] = -1.0                                                     # maximize delta
+    A_ub = np.hstack([others, np.ones((len(others), 1))])            # alpha.e_s + delta <= 0
+    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(len(others)), A_eq=np.append(target, 0.0)[None, :], b_eq=[1.0],
+                  bounds=[(None, None)] * d + [(None, 1.0)], method="highs")
+    return (float(res.x[-1]), res.x[:d]) if res.status == 0 else (-np.inf, np.zeros(d))
+
+
+def selection_order(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A peeling order of the queries: each query is separated (delta > 0) from every query *after* it.
+
+    queries [T, d] -> order [T] (the last one is the anchor), margins [T] (delta_t against the later queries),
+    alphas [T, d].  First every query is separated from all the others (T LPs); those with delta > 0 come first,
+    most separable first.  The rest R (not extreme rays of the cone of all queries) are peeled: repeatedly the
+    query of R most separable from the remaining ones of R is taken next.  Positive queries with no two
+    collinear always admit such an order; a repeated query gets delta <= -1 against its twin.
+    """
+    T = len(queries)
+    margins, alphas = np.empty(T), np.zeros_like(queries)
     for t in range(T):
-        others = np.delete(queries, t, axis=0)                       # [T-1, d]
-        A_ub = np.hstack([others, np.ones((T - 1, 1))])              # alpha.e_s + delta <= 0
-        A_eq = np.append(queries[t], 0.0)[None, :]                   # alpha.e_t = 1
-        res = linprog(c, A_ub=A_ub, b_ub=np.zeros(T - 1), A_eq=A_eq, b_eq=[1.0],
-                      bounds=[(None, None)] * d + [(None, 1.0)], method="highs")
-        if res.status == 0:
-            alphas[t], margins[t] = res.x[:d], res.x[-1]
-        else:                                                        # infeasible: e_t = 0
-            margins[t] = -np.inf
-    return margins, alphas
+        margins[t], alphas[t] = separation(queries[t], np.delete(queries, t, axis=0))
+    order = [int(t) for t in np.argsort(-margins, kind="stable") if margins[t] > 0]
+    rest = [t for t in range(T) if margins[t] <= 0]
+    if not rest:                                                     # all separable: the least separable is the anchor
+        return np.array(order), margins, alphas
+    while len(rest) > 1:
+        trial = [separation(queries[r], queries[[s for s in rest if s != r]]) for r in rest]
+        best = int(np.argmax([m for m, _ in trial]))
+        r = rest.pop(best)
+        margins[r], alphas[r] = trial[best]
+        order.append(r)
+    margins[rest[0]] = np.nan                                        # the anchor selects nothing
+    return np.array(order + rest), margins, alphas
 
 
 def construct(queries: np.ndarray, context: np.ndarray, labels: np.ndarray, H: int, d_head: int,
@@ -133,21 +158,25 @@ def construct(queries: np.ndarray, context: np.ndarray, labels: np.ndarray, H: i
         raise ValueError(f"n={n}, d_h={d_head}: the construction needs n >= 2 and d_h >= 1")
     if T > capacity(H, n, d_head):
         raise ValueError(f"T={T} exceeds the construction's capacity H min(n-1, d_h) + 1 = {capacity(H, n, d_head)}")
-    margins, alphas = selection_margins(queries)
-    order = np.argsort(-margins, kind="stable")                      # most separable first; the last is the anchor
+    order, margins, alphas = selection_order(queries)
     head, token = np.full(T, -1), np.zeros(T, dtype=np.int64)
-    for k, t in enumerate(order[:T - 1]):
-        head[t], token[t] = k // m, 1 + k % m
-    assigned = margins[head >= 0]
-    pos = assigned[assigned > 0]
-    delta = min(float(pos.min()), 1.0) if len(pos) else 1.0
-    lam = saturation / delta
+    for k, t in enumerate(order[:T - 1]):                            # round robin: head k mod H, token 1 + k // H
+        head[t], token[t] = k % H, 1 + k // H
+    # logit scales, last query first: lambda_t delta_t >= saturation (t's token ~0 on every later query) and
+    # lambda_t >= saturation + lambda_k (alpha_k . e_t)_+ for every later k of the same head (t's own token wins)
+    lams = np.zeros(T)
+    for j in range(T - 2, -1, -1):
+        t = order[j]
+        later = [k for k in order[j + 1:T - 1] if head[k] == head[t]]
+        push = max([lams[k] * max(float(alphas[k] @ queries[t]), 0.0) for k in later], default=0.0)
+        lams[t] = max(saturation / min(margins[t], 1.0) if margins[t] > 0 else saturation, saturation + push)
+    lam = float(lams.max()) if T > 1 else saturation
     E_pinv = context.T @ np.linalg.inv(context @ context.T)          # [d, n], E E^+ = I_n (Assumption 2)
     W_Q, W_K = np.zeros((H, d, d_head)), np.zeros((H, d, d_head))
     for h in range(H):
         for t in np.flatnonzero(head == h):
             i = token[t]
-            W_Q[h, :, i - 1] = lam * alphas[t]
+            W_Q[h, :, i - 1] = lams[t] * alphas[t]
             W_K[h, :, i - 1] = E_pinv[:, i]                          # E W_K^h = S: column i-1 is unit vector e_i
     W_O = np.zeros((H, 1, d))
     W_O[:, 0, 0] = 1.0
@@ -219,6 +248,6 @@ def certify(model: ConstructedMHA, queries, context, labels, err_tol: float = ER
     if not err < err_tol:
         why.append(f"max |f - y| = {err:.3g} >= {err_tol:g}")
     if why and bad:
-        why.append(f"{bad} assigned queries not separable from the others (margin <= 0; "
+        why.append(f"{bad} assigned queries not separable from the later ones (margin <= 0; "
                    "a repeated query breaks Assumption 1)")
     return Certificate(not why, T, rank, sigma_min, float(sig[0]), tol, err, bad, "; ".join(why))
