@@ -79,3 +79,30 @@ def test_sparsification_keeps_the_right_tokens():
         select_tokens(m, x, 10, "random")
     with pytest.raises(ConfigError, match="rule"):
         select_tokens(m, x, 3, "loudest")
+
+
+def test_training_learns_deterministic_and_roundtrips(tmp_path):
+    from vitheory.train.vit_train import accuracy, load_weights, save_weights, train_vit
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (64,), generator=g)
+    x = torch.randn(64, 3, 24, 24, generator=g) * 0.3
+    x[:, 0, :8, :8] += (2 * y - 1).float()[:, None, None]  # the label is in the top-left patch
+    runs = []
+    for _ in range(2):
+        m = small(num_classes=2)
+        r = train_vit(m, x, y, steps=40, batch=32, lr=3e-3, seed=0)
+        runs.append((r, accuracy(m, x, y), m))
+    assert not runs[0][0].diverged and runs[0][1] >= 0.9
+    assert runs[0][0].final_loss == runs[1][0].final_loss  # deterministic
+    save_weights(runs[0][2], tmp_path / "w.safetensors")
+    m2 = load_weights(small(num_classes=2), tmp_path / "w.safetensors")
+    assert accuracy(m2, x, y) == runs[0][1]
+    m3 = load_weights(small(num_classes=7), tmp_path / "w.safetensors", skip_head=True)
+    assert m3.head.out_features == 7
+    bad = small(num_classes=2)
+    with torch.no_grad():
+        bad.head.bias.fill_(float("nan"))
+    assert train_vit(bad, x, y, steps=3, batch=8, lr=1e-3, seed=0).diverged
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_weights(small(), tmp_path / "junk.safetensors")
