@@ -130,8 +130,9 @@ class ViT(nn.Module):
                 raise ConfigError("from_transformers: unsupported ViTModel parameter names")
             new[q + "qkv.weight"] = torch.cat([s[p + f"attention.{n}_proj.weight"] for n in "qkv"])
             new[q + "qkv.bias"] = torch.cat([s[p + f"attention.{n}_proj.bias"] for n in "qkv"])
-            new[q + "proj.weight"], new[q + "proj.bias"] = s[p + "attention.o_proj.weight"], s[p + "attention.o_proj.bias"]
-            for a, b in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+            pairs = (("proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+                     ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2"))
+            for a, b in pairs:
                 new[q + a + ".weight"], new[q + a + ".bias"] = s[p + b + ".weight"], s[p + b + ".bias"]
         out.load_state_dict(new)
         return out
