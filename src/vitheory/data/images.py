@@ -104,10 +104,52 @@ def package_photographs() -> list[tuple[str, np.ndarray]]:
                 out.append(("grace_hopper", _rgb(np.asarray(im.convert("RGB")))))
     except ImportError:
         pass
+    out += foolbox_photographs()
     if not out:
         raise ConfigError("no package photographs found: install the vit extra (pip install 'vitheory[vit]') "
                           "for scikit-image and scikit-learn, or use an image folder")
     return out
+
+
+FOOLBOX_PREFIXES = ("imagenet_", "cifar10_", "cifar100_")
+
+
+def foolbox_photographs() -> list[tuple[str, np.ndarray]]:
+    """The 20 ImageNet, 20 CIFAR-10 and 20 CIFAR-100 sample images shipped in the foolbox 3.3.4 wheel.
+
+    The files are read from the installed package's folder (found with importlib.util.find_spec, which does not
+    import foolbox); the label is the last field of each file name, e.g. ``imagenet_03_990.jpg``.  Returns [] when
+    foolbox is not installed (``pip install --no-deps foolbox==3.3.4`` adds them).
+    """
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("foolbox")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    from PIL import Image
+    out = []
+    for root in spec.submodule_search_locations:
+        folder = os.path.join(root, "data")
+        if not os.path.isdir(folder):
+            continue
+        for fname in sorted(os.listdir(folder)):
+            stem, ext = os.path.splitext(fname)
+            if not fname.startswith(FOOLBOX_PREFIXES) or ext.lower() not in (".png", ".jpg", ".jpeg"):
+                continue
+            try:
+                with Image.open(os.path.join(folder, fname)) as im:
+                    out.append((f"foolbox_{stem}", _rgb(np.asarray(im.convert("RGB")))))
+            except OSError:   # an unreadable file: skip it, the others still count
+                continue
+    return out
+
+
+def distinct_sources(names) -> int:
+    """Number of distinct source photographs behind crop names ``photo[y0:y1,x0:x1]`` (flips and crops of one
+    photograph count once)."""
+    return len({str(nm).split("[", 1)[0] for nm in names})
 
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
