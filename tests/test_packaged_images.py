@@ -10,7 +10,8 @@ from PIL import Image
 
 from vitheory.config import ConfigError
 from vitheory.data import packaged
-from vitheory.data.images import class_folder_images, load_cifar10, restricted_unpickle
+from vitheory.data.cifar import restricted_unpickle
+from vitheory.data.images import class_folder_images, load_cifar10
 
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 HAS_ANIMAL = importlib.util.find_spec("animal_mnist") is not None

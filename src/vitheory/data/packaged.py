@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from vitheory.config import ConfigError
-from vitheory.data.images import restricted_unpickle
+from vitheory.data.cifar import restricted_unpickle
 
 INSTALL = {"animal_mnist": "animal-mnist==0.4", "foolbox": "foolbox==3.3.4"}
 
