@@ -10,6 +10,9 @@ Public API (a notebook can call these; the ``vitheory`` command line is a thin l
     vitheory.report("runs/sc")                       # rebuild the report from stored results
 """
 from vitheory._version import __version__  # noqa: F401  (the package version)
+# the subpackage vitheory.report first: importing it later (e.g. vitheory.report.build) would otherwise replace
+# the function vitheory.report below by the module of the same name
+import vitheory.report as _report_package  # noqa: F401,E402
 
 
 def list_experiments():

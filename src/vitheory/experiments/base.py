@@ -29,11 +29,14 @@ class Claim:
 
     ``supported`` is True/False, or None when the measurement cannot decide (e.g. too few points).
     ``evidence`` states the measured numbers that decide it, and the rule used.
+    ``paper`` (optional) states the paper's own value or result for the same quantity (e.g. "N_min ∝ alpha_*^-2
+    (Fig. 2)"); the reports show it beside ours.
     """
     id: str
     statement: str
     supported: bool | None
     evidence: str
+    paper: str = ""
 
     @property
     def verdict(self) -> str:

@@ -1,20 +1,26 @@
 """Reports rebuilt from stored results only (config.json + results.sqlite of a run folder).
 
 ``build_report(run_dir)`` re-runs the experiment's ``analyze`` and ``plot`` on the stored rows and
-writes ``report.md`` and ``figures/``; ``build_combined_report(root)`` does it for every run folder
-below a ``vitheory reproduce`` folder and writes one ``report.md`` with a summary of every claim.
+writes ``report.md``, the self-contained ``report.html`` (:mod:`vitheory.report.html`) and ``figures/``;
+``build_combined_report(root)`` does it for every run folder below a ``vitheory reproduce`` folder and writes
+one ``report.md`` and ``report.html`` with a summary of every claim.  Both carry the provenance recorded in
+each run folder's provenance.json (:mod:`vitheory.sweep.provenance`).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from vitheory.config import ConfigError, build_config
+from vitheory._version import __version__
+from vitheory.config import ConfigError, build_config, config_to_dict
 from vitheory.experiments.base import Analysis, Experiment, get_experiment, results_frame
+from vitheory.report.html import claims_html, esc, page, rows_html, section_html, seed_spread
+from vitheory.sweep.provenance import read_provenance, summarize
 from vitheory.sweep.runner import in_trial_order
 from vitheory.sweep.store import dumps, open_store, read_run_config, trial_key
 
@@ -88,7 +94,7 @@ def _writable_outputs(run_dir: Path) -> Path:
     fig_dir = run_dir / "figures"
     if fig_dir.exists() and not fig_dir.is_dir():
         raise ConfigError(f"{fig_dir} is not a folder; move it away so the report can write its figures there")
-    for p in (run_dir, fig_dir, run_dir / "report.md", run_dir / "summary.json"):
+    for p in (run_dir, fig_dir, run_dir / "report.md", run_dir / "report.html", run_dir / "summary.json"):
         if p.exists() and not os.access(p, os.W_OK):
             raise ConfigError(f"{p} is not writable (read-only); the report cannot be rebuilt there")
     return fig_dir
@@ -104,6 +110,11 @@ def diverged_note(df: pd.DataFrame) -> str | None:
 
 
 def analyze_run(run_dir: str | os.PathLike) -> tuple[Experiment, dict, Analysis, list[str], int]:
+    exp, meta, analysis, figures, n, _, _ = _analyze(run_dir)
+    return exp, meta, analysis, figures, n
+
+
+def _analyze(run_dir: str | os.PathLike):
     _setup_matplotlib()
     exp, cfg, df, meta = load_run(run_dir)
     if len(df) == 0:
@@ -118,19 +129,87 @@ def analyze_run(run_dir: str | os.PathLike) -> tuple[Experiment, dict, Analysis,
         figures = exp.plot(cfg, df, analysis, str(fig_dir))
         _write_text(Path(run_dir) / "summary.json", dumps(
             {"experiment": exp.name, "scale": meta.get("scale"), "numbers": analysis.numbers,
-             "claims": [{"id": c.id, "statement": c.statement, "supported": c.supported, "evidence": c.evidence}
+             "claims": [{"id": c.id, "statement": c.statement, "supported": c.supported, "evidence": c.evidence,
+                         **({"paper": c.paper} if getattr(c, "paper", "") else {})}
                         for c in analysis.claims]}, indent=2, default=float))
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot write the report ({e.strerror or e})") from None
-    return exp, meta, analysis, figures, len(df)
+    return exp, meta, analysis, figures, len(df), cfg, df
+
+
+def trial_param_names(exp: Experiment, cfg) -> list[str]:
+    """The parameters that vary from trial to trial (the keys of the trial dicts), in first-seen order."""
+    names: dict[str, None] = {}
+    for t in exp.trials(cfg):
+        names.update(dict.fromkeys(t))
+    return list(names)
+
+
+def metric_names(df: pd.DataFrame, cfg, trial_params: list[str]) -> list[str]:
+    params = set(config_to_dict(cfg)) | set(trial_params)
+    return [c for c in df.columns if c not in params]
+
+
+def provenance_rows(run_dir: str | os.PathLike, meta: dict) -> list[tuple[str, str]]:
+    """(label, value) rows saying what made the stored results (provenance.json; older folders: what config.json
+    says)."""
+    p = summarize(read_provenance(run_dir))
+    if not p:
+        return [("provenance", "not recorded (this run folder was made before vitheory recorded provenance.json)"),
+                ("vitheory version", meta.get("vitheory_version", "unknown")), ("scale", meta.get("scale", "?")),
+                ("report built with", f"vitheory {__version__}")]
+    wall = p["wall_s"]
+    wall_text = "unknown" if wall is None else f"{wall:.1f} s over {p['sessions']} session(s)"
+    if p["unfinished_sessions"]:
+        wall_text += f" ({p['unfinished_sessions']} session(s) interrupted; their time is not counted)"
+    rows = [("vitheory version", p["vitheory_version"]), ("git commit", p["git_commit"]),
+            ("torch / numpy", f"{p['torch']} / {p['numpy']}"), ("python", f"{p['python']} on {p['platform']}"),
+            ("device", p["device"]), ("threads", p["threads"]), ("executor", p["executor"]),
+            ("scale", meta.get("scale", "?")), ("wall time", wall_text),
+            ("started / finished (UTC)", f"{_utc(p['started'])} / {_utc(p['finished'])}")]
+    rows += [(f"command{'' if len(p['commands']) == 1 else f' {i + 1}'}", c) for i, c in enumerate(p["commands"])]
+    if p["vitheory_version"] != __version__:
+        rows.append(("report built with", f"vitheory {__version__}"))
+    return rows
+
+
+def wall_seconds(run_dir: str | os.PathLike) -> float | None:
+    return summarize(read_provenance(run_dir)).get("wall_s")
+
+
+def _utc(t) -> str:
+    if not isinstance(t, (int, float)):
+        return "–"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def provenance_markdown(rows: list[tuple[str, str]], heading: str = "##") -> str:
+    return "\n".join([f"{heading} Provenance", "", "| | |", "|---|---|",
+                      *(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows), ""])
+
+
+def _html_section(run_dir: Path, exp, meta, analysis, figures, n, cfg, df, level: int = 1) -> str:
+    params = trial_param_names(exp, cfg)
+    spread = seed_spread(df, params, metric_names(df, cfg, params)) if "seed" in params else pd.DataFrame()
+    return section_html(exp, meta, analysis, figures, run_dir / "figures", n, spread,
+                        provenance_rows(run_dir, meta), level=level)
 
 
 def build_report(run_dir: str | os.PathLike) -> Path:
-    """Rebuild ``report.md`` and the figures of one run folder from its stored results."""
-    exp, meta, analysis, figures, n = analyze_run(run_dir)
+    """Rebuild ``report.md``, ``report.html`` and the figures of one run folder from its stored results."""
+    exp, meta, analysis, figures, n, cfg, df = _analyze(run_dir)
     path = Path(run_dir) / "report.md"
-    _write_text(path, render_section(exp, meta, analysis, figures, n) + f"\n_Rebuild with `vitheory report {run_dir}`._\n")
+    _write_text(path, render_section(exp, meta, analysis, figures, n) + f"\n_Rebuild with `vitheory report {run_dir}`._\n"
+                + "\n" + provenance_markdown(provenance_rows(run_dir, meta)))
+    body = _html_section(Path(run_dir), exp, meta, analysis, figures, n, cfg, df)
+    _write_text(Path(run_dir) / "report.html", page(f"vitheory: {exp.name}", [
+        body, f'<p class="meta">Built from the stored results only; rebuild with <code>vitheory report '
+              f'{esc(run_dir)}</code>.</p>']))
     return path
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -140,6 +219,7 @@ def _write_text(path: Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)           # the permissions of a plain new file, not mkstemp's 0600
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None:
@@ -157,26 +237,52 @@ def build_combined_report(root: str | os.PathLike) -> Path:
     rank = {n: i for i, n in enumerate(ORDER)}
     sections, summary = [], []
     loaded = []
+    failed_html = []
     for d in run_dirs:
         try:
-            loaded.append((d, *analyze_run(d)))
+            loaded.append((d, *_analyze(d)))
         except ConfigError as e:
             summary.append(f"| {d.name} | – | could not report: {e} |")
+            failed_html.append(f"<tr><td>{esc(d.name)}</td><td>–</td><td>could not report: {esc(e)}</td></tr>")
     loaded.sort(key=lambda t: rank.get(t[1].name, len(ORDER)))
-    for d, exp, meta, analysis, figures, n in loaded:
+    html_sections, html_claims, walls = [], [], []
+    for d, exp, meta, analysis, figures, n, cfg, df in loaded:
         for c in analysis.claims:
             summary.append(f"| {exp.name} | {c.id}: {c.statement} | **{verdict_text(c, meta.get('scale'))}** |")
         sections.append(render_section(exp, meta, analysis, figures, n, fig_prefix=f"{d.name}/figures",
                                        heading="##", smoke_note=False))
+        html_claims.append(claims_html(analysis.claims, with_experiment=exp.name))
+        html_sections.append(_html_section(d, exp, meta, analysis, figures, n, cfg, df, level=2))
+        walls.append((exp.name, wall_seconds(d), meta.get("scale", "?")))
     scales = sorted({m.get("scale", "?") for _, _, m, *_ in loaded})
+    known = [w for _, w, _ in walls if w is not None]
+    total = f"{sum(known):.1f} s" + ("" if len(known) == len(walls) else f" (known for {len(known)} of {len(walls)})")
+    timing = [(f"{name} ({scale})", "not recorded" if w is None else f"{w:.1f} s") for name, w, scale in walls]
+    timing.append(("all experiments", total))
+    env = summarize(read_provenance(loaded[-1][0])) if loaded else {}
+    env_rows = [("vitheory version", env.get("vitheory_version", __version__)), ("git commit", env.get("git_commit", "unknown")),
+                ("torch / numpy", f"{env.get('torch', '?')} / {env.get('numpy', '?')}"), ("device", env.get("device", "?")),
+                ("threads", env.get("threads", "?")), ("executor", env.get("executor", "?")),
+                ("command", (env.get("commands") or ["not recorded"])[-1])]
     text = ["# vitheory report", "",
             "Each section states a paper's claim, the numbers measured in this run, and whether they support it. "
             "Verdicts use the stated rules; a claim the measurement does not support is reported as such.", "",
             *([SMOKE_NOTE, ""] if "smoke" in scales else []),
             f"Scale(s): {', '.join(scales)}. Rebuild with `vitheory report {root}`.", "",
-            "## Summary", "", "| experiment | claim | verdict |", "|---|---|---|", *summary, "", *sections]
+            "## Summary", "", "| experiment | claim | verdict |", "|---|---|---|", *summary, "",
+            provenance_markdown(env_rows + [(f"wall time: {k}", v) for k, v in timing]), *sections]
     path = root / "report.md"
     _write_text(path, "\n".join(text))
+    intro = (f"<h1>vitheory report</h1><p>Each section states a paper's claim, the numbers measured in this run, "
+             f"and whether they support it. Verdicts use the stated rules; a claim the measurement does not "
+             f"support is reported as such. Scale(s): {esc(', '.join(scales))}. Rebuild with "
+             f"<code>vitheory report {esc(root)}</code>.</p>")
+    toc = "<p>" + " · ".join(f'<a href="#{esc(e.name)}">{esc(e.name)}</a>' for _, e, *_ in loaded) + "</p>"
+    _write_text(root / "report.html", page("vitheory report", [
+        intro, toc, "<h2>Summary</h2>", *html_claims,
+        ("<table><tbody>" + "".join(failed_html) + "</tbody></table>") if failed_html else "",
+        "<h2>Provenance</h2>", rows_html(env_rows), "<p><strong>Wall time per experiment</strong></p>",
+        rows_html(timing), *html_sections]))
     return path
 
 
