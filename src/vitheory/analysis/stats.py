@@ -47,8 +47,8 @@ def loglog_fit(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> d
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman's rho (None with fewer than 3 points or when undefined)."""
     from scipy import stats
-    if len(x) < 3:
-        return None
+    if len(x) < 3 or np.ptp(np.asarray(x, float)) == 0 or np.ptp(np.asarray(y, float)) == 0:
+        return None                    # a constant input: rho is undefined (and scipy would warn)
     rho = stats.spearmanr(x, y).statistic
     # rounded so that a rank correlation that is exactly a threshold (e.g. 0.9 = 1 - 6*2/120) compares as such
     return None if rho is None or not np.isfinite(rho) else round(float(rho), 10)
