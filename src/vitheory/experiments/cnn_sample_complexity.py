@@ -23,6 +23,7 @@ from vitheory.config import ConfigError, check_all_in_range, knob
 from vitheory.experiments import _shallow as S
 from vitheory.experiments import sample_complexity as SC
 from vitheory.analysis.figures import save_figure
+from vitheory.analysis.stats import spearman
 from vitheory.experiments.base import Analysis, Claim
 
 MODELS = ("cnn", "vit")
@@ -80,13 +81,12 @@ def comparison_claims(cfg: Config, tabs: dict[str, pd.DataFrame]) -> tuple[list[
                     f"inconclusive if neither reaches it anywhere.")]
     ok = table.dropna(subset=["ratio"])
     if len(ok) >= 3:
-        from scipy import stats
-        rho = float(stats.spearmanr(1 / ok["alpha_*"], ok["ratio"]).statistic)
+        rho = spearman((1 / ok["alpha_*"]).to_numpy(float), ok["ratio"].to_numpy(float))
         claims.append(Claim("ratio-grows", "N_min(CNN) / N_min(ViT) grows with 1/alpha_* (like alpha_*^-2)",
-                            None if np.isnan(rho) else bool(rho > 0),
+                            None if rho is None else bool(rho > 0),
                             f"ratios {', '.join(f'{x:.2f}' for x in ok['ratio'])} at alpha_*^-4 = "
-                            f"{', '.join(f'{x:g}' for x in ok['alpha_*^-4'])}; Spearman rho {rho:.2f}; rule: supported "
-                            "if rho > 0."))
+                            f"{', '.join(f'{x:g}' for x in ok['alpha_*^-4'])}; Spearman rho "
+                            f"{'undefined (constant ratio)' if rho is None else f'{rho:.2f}'}; rule: supported if rho > 0."))
     else:
         claims.append(Claim("ratio-grows", "N_min(CNN) / N_min(ViT) grows with 1/alpha_* (like alpha_*^-2)", None,
                             f"both boundaries inside the grid at {len(ok)} alpha_* value(s); at least 3 are needed."))
