@@ -1,17 +1,15 @@
 """Labelled images from installed packages (animal-mnist, foolbox) and labelled class folders."""
 import gzip
 import importlib.util
-import os
 import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vitheory.config import ConfigError
 from vitheory.data import packaged
-from vitheory.data.cifar import restricted_unpickle
-from vitheory.data.images import class_folder_images, load_cifar10
+from vitheory.data.cifar import foolbox_cifar10, restricted_unpickle
+from vitheory.data.images import load_cifar10
 
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 HAS_ANIMAL = importlib.util.find_spec("animal_mnist") is not None
@@ -33,8 +31,9 @@ def test_animal_mnist_read_without_import():
 
 @pytest.mark.skipif(not HAS_FOOLBOX, reason="foolbox's data files are not installed")
 def test_foolbox_cifar10_real_images(tmp_path):
-    x, y, names = packaged.foolbox_cifar10()
-    assert x.shape == (20, 32, 32, 3) and x.dtype == np.uint8 and len(names) == 20
+    s = foolbox_cifar10()
+    x, y = s.images, s.labels
+    assert x.shape == (20, 32, 32, 3) and x.dtype == np.uint8 and len(s) == 20
     assert y.tolist()[:3] == [3, 8, 8]  # cifar10_00_3, cifar10_01_8, cifar10_02_8
     # round trip through the CIFAR binary reader: the 20 real images written in the binary layout
     d = tmp_path / "cifar-10-batches-bin"
@@ -68,21 +67,3 @@ def test_malicious_pickle_refused_without_running(tmp_path):
     with pytest.raises(ConfigError):
         packaged._read_gz_array(str(p))
     assert not target.exists()
-
-
-def test_class_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for c, k in (("cat", 2), ("dog", 3)):
-        (tmp_path / c).mkdir()
-        for i in range(k):
-            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
-    s, classes = class_folder_images(tmp_path, size=16)
-    assert classes == ("cat", "dog") and s.images.shape == (5, 16, 16, 3)
-    assert s.labels.tolist() == [0, 0, 1, 1, 1]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="no image files"):
-        class_folder_images(tmp_path)
-    with pytest.raises(ConfigError, match="no such folder"):
-        class_folder_images(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="at least 2"):
-        class_folder_images(tmp_path / "cat")

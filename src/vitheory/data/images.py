@@ -235,28 +235,6 @@ def folder_images(path: str | os.PathLike, n: int | None = None, size: int = 224
     return ImageSet(out, tuple(files), f"folder {p}")
 
 
-
-def class_folder_images(path: str | os.PathLike, size: int = 32) -> tuple[ImageSet, tuple[str, ...]]:
-    """A labelled image folder: one sub-folder per class (classes sorted by name, label = index), every image
-    file in it read by :func:`folder_images`.  Returns ``(images with labels (N,) int64, class names)``."""
-    p = os.fspath(path)
-    if not os.path.isdir(p):
-        raise ConfigError(f"image_dir {p}: no such folder (expected one sub-folder per class)")
-    classes = tuple(sorted(c for c in os.listdir(p) if os.path.isdir(os.path.join(p, c))))
-    if len(classes) < 2:
-        raise ConfigError(f"image_dir {p}: found {len(classes)} class sub-folders; at least 2 are needed")
-    parts, labels, names = [], [], []
-    for k, c in enumerate(classes):
-        s = folder_images(os.path.join(p, c), size=size)  # raises ConfigError on an empty class folder
-        parts.append(s.images)
-        labels.append(np.full(len(s.images), k, dtype=np.int64))
-        names.extend(os.path.join(c, f) for f in s.names)
-    return (ImageSet(np.concatenate(parts), tuple(names), f"class folder {p}", labels=np.concatenate(labels)),
-            classes)
-
-# --------------------------------------------------------------------------------------------------
-# CIFAR-10 from a local copy (the reader lives in cifar.py)
-# --------------------------------------------------------------------------------------------------
 def load_cifar10(path: str | os.PathLike, split: str = "train", n: int | None = None,
                  verify_md5="auto") -> ImageSet:
     """CIFAR-10 images (N, 32, 32, 3) uint8 and labels from a local copy as an :class:`ImageSet`; never downloads.

@@ -2,10 +2,10 @@
 
 * :func:`animal_mnist`: the 10,000 28x28 grey animal silhouettes of ``animal-mnist==0.4`` (10 classes of
   1,000), stored as two gzipped numpy-only pickles under ``animal_mnist/data/Animal_MNIST/``.  They are read
-  with the restricted unpickler of :mod:`vitheory.data.images` (numpy array reconstruction only), so a
+  with the restricted unpickler of :mod:`vitheory.data.cifar` (numpy array reconstruction only), so a
   tampered file is refused and never runs code.  This is the offline default *training* source: enough
   images, balanced labels (see docs/images.md).
-* :func:`foolbox_cifar10`: the 20 real CIFAR-10 test images of ``foolbox==3.3.4``
+* the 20 real CIFAR-10 test images of ``foolbox==3.3.4``: :func:`vitheory.data.cifar.foolbox_cifar10`
   (``foolbox/data/cifar10_{i}_{label}.png``).  Too few to train on; right for reader tests.
 
 The packages are located with :func:`importlib.util.find_spec` on the top-level name, which finds the
@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import re
 
 import numpy as np
 
@@ -64,25 +63,3 @@ def animal_mnist(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"n_images={n!r} is out of range; allowed range: [1, {len(x)}] (an integer)")
         x, y = x[:n], y[:n]
     return np.ascontiguousarray(x), y
-
-
-_FOOLBOX_NAME = re.compile(r"^cifar10_(\d+)_(\d)\.png$")
-
-
-def foolbox_cifar10() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The 20 CIFAR-10 images of foolbox: ``(20, 32, 32, 3) uint8``, labels ``(20,) int64``, file names."""
-    from PIL import Image
-    d = os.path.join(package_dir("foolbox"), "data")
-    files = sorted((f for f in os.listdir(d) if _FOOLBOX_NAME.match(f)),
-                   key=lambda f: int(_FOOLBOX_NAME.match(f).group(1))) if os.path.isdir(d) else []
-    if not files:
-        raise ConfigError(f"{d}: no foolbox CIFAR-10 images (cifar10_<i>_<label>.png)")
-    x = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
-    y = np.empty(len(files), dtype=np.int64)
-    for i, f in enumerate(files):
-        with Image.open(os.path.join(d, f)) as im:
-            a = np.asarray(im.convert("RGB"))
-        if a.shape != (32, 32, 3):
-            raise ConfigError(f"{os.path.join(d, f)}: expected a 32x32 RGB image, found {a.shape}")
-        x[i], y[i] = a, int(_FOOLBOX_NAME.match(f).group(2))
-    return x, y, tuple(files)
