@@ -111,7 +111,11 @@ def law_claim(model: str, predicted: int, cmp: dict, tab: pd.DataFrame, grid_max
     if cmp.get("censored"):
         ev += (f" {cmp['censored']} alpha_* value(s) never reached the success threshold within N <= {grid_max} "
                "(not used in the fits).")
-    return Claim(cid, stmt, verdict, ev)
+    figure = "1a" if model == "vit" else "1b"
+    paper_verdict, _ = law_verdict(paper_comparison(figure), predicted)
+    paper = (f"Figure {figure}'s boundary through the same test: "
+             f"{ {True: 'supported', False: 'not supported', None: 'inconclusive'}[paper_verdict] }")
+    return Claim(cid, stmt, verdict, ev, paper=paper)
 
 
 def attention_numbers(df: pd.DataFrame, model: str = "vit") -> dict:
