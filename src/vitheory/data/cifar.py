@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from vitheory.config import ConfigError
+from vitheory.data.imageset import read_rgb
 from vitheory.data.safe_pickle import UnsafePickleError, safe_load
 
 #: published md5 of the python-layout files (as in torchvision.datasets.CIFAR10)
@@ -254,7 +255,6 @@ def foolbox_cifar10() -> LabelledImages:
     """The 20 real CIFAR-10 test images of foolbox 3.3.4 (``foolbox/data/cifar10_<i>_<label>.png``), in index
     order: uint8 ``(20, 32, 32, 3)`` and int64 labels taken from the file names.  Too few to train on; real pixels
     for reader and model checks."""
-    from PIL import Image, UnidentifiedImageError
     d = foolbox_data_dir()
     found = sorted((int(m.group(1)), int(m.group(2)), f) for f in os.listdir(d) if (m := _FOOLBOX_NAME.match(f)))
     if not found:
@@ -263,11 +263,7 @@ def foolbox_cifar10() -> LabelledImages:
     imgs = np.empty((len(found), 32, 32, 3), np.uint8)
     for i, (_, _, f) in enumerate(found):
         fp = os.path.join(d, f)
-        try:
-            with Image.open(fp) as im:
-                a = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ConfigError(f"{fp}: not a readable image ({e.__class__.__name__})") from None
+        a = read_rgb(fp)
         if a.shape != (32, 32, 3):
             raise ConfigError(f"{fp}: a CIFAR-10 image must be 32 x 32 RGB; got shape {a.shape}")
         imgs[i] = a

@@ -28,6 +28,7 @@ import numpy as np
 
 from vitheory.config import ConfigError
 from vitheory.data.cifar import read_cifar10
+from vitheory.data.imageset import center_square, read_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -206,7 +207,6 @@ def package_crops(n: int, size: int = 224, seed: int = 0, min_frac: float = 0.2,
 # --------------------------------------------------------------------------------------------------
 def folder_images(path: str | os.PathLike, n: int | None = None, size: int = 224) -> ImageSet:
     """The first ``n`` (all when None) images of a folder by sorted file name, centre-cropped square, resized."""
-    from PIL import Image, UnidentifiedImageError
     p = os.fspath(path)
     if not os.path.isdir(p):
         raise ConfigError(f"image folder {p}: no such folder")
@@ -222,16 +222,7 @@ def folder_images(path: str | os.PathLike, n: int | None = None, size: int = 224
         files = files[:n]
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, f in enumerate(files):
-        fp = os.path.join(p, f)
-        try:
-            with Image.open(fp) as im:
-                a = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ConfigError(f"{fp}: not a readable image ({e.__class__.__name__})") from None
-        H, W = a.shape[:2]
-        m = min(H, W)
-        y, x = (H - m) // 2, (W - m) // 2
-        out[i] = _resize(np.ascontiguousarray(a[y:y + m, x:x + m]), size)
+        out[i] = center_square(read_rgb(os.path.join(p, f)), size)
     return ImageSet(out, tuple(files), f"folder {p}")
 
 

@@ -38,7 +38,18 @@ class ClassImages:
         return len(self.images)
 
 
-def _square(a: np.ndarray, size: int) -> np.ndarray:
+def read_rgb(fp: str) -> np.ndarray:
+    """One image file as uint8 RGB ``(H, W, 3)``; an unreadable file is one ConfigError naming it."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(fp) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ConfigError(f"{fp}: not a readable image ({e.__class__.__name__})") from None
+
+
+def center_square(a: np.ndarray, size: int) -> np.ndarray:
+    """The centred largest square of ``a``, resized (bicubic) to ``size x size``."""
     from PIL import Image
     H, W = a.shape[:2]
     m = min(H, W)
@@ -55,7 +66,6 @@ def _visible(names) -> list[str]:
 
 def read_image_classes(root: str | os.PathLike, size: int = 32, max_per_class: int | None = None) -> ClassImages:
     """Every image under ``root/<class>/`` (see the module doc); at most ``max_per_class`` per class when given."""
-    from PIL import Image, UnidentifiedImageError
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 4096:
         raise ConfigError(f"image_size={size!r} is out of range; allowed range: [8, 4096] (an integer)")
     if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, (int, np.integer))
@@ -85,11 +95,6 @@ def read_image_classes(root: str | os.PathLike, size: int = 32, max_per_class: i
         files += [(k, os.path.join(d, f)) for f in (names if max_per_class is None else names[:max_per_class])]
     out = np.empty((len(files), size, size, 3), np.uint8)   # (N, size, size, RGB)
     for i, (_, fp) in enumerate(files):
-        try:
-            with Image.open(fp) as im:
-                a = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ConfigError(f"{fp}: not a readable image ({e.__class__.__name__})") from None
-        out[i] = _square(a, size)
+        out[i] = center_square(read_rgb(fp), size)
     labels = np.array([k for k, _ in files], dtype=np.int64)
     return ClassImages(out, labels, classes, tuple(fp for _, fp in files), f"image folder {p} ({len(classes)} classes)")
