@@ -150,3 +150,33 @@ def test_epoch_budget_and_attention_metrics_are_stored():
         assert math.isfinite(m["attention_final_all"])
     # the A(0) probe is the same fresh data for both trials (same seed), so A(0) is equal
     assert metrics[0]["attention_initial"] == pytest.approx(metrics[1]["attention_initial"])
+
+
+def test_stop_at_fit_changes_no_fit_step_and_stops_training():
+    P = make_patterns(16, 4, generator=gen(0))
+    cfg = ShallowViTConfig(d=16, m=32, d_k=8, d_v=8, sigma=0.5, qk_reference="query")
+    s = sample_tokens(P, 40, L=16, alpha_star=0.5, alpha_conf=0.05, tau=0.3, generator=gen(3))
+    runs = []
+    for stop in (False, True):
+        model = ShallowViT(cfg, P, [gen(1)])
+        res = train_hinge_sgd(model, s.X[None], s.y[None], torch.tensor([40]), steps=200, batch=8,
+                              lr=torch.tensor([0.5]), generators=[gen(4)], eval_every=2, loss="logistic",
+                              stop_at_fit=stop)
+        runs.append((int(res.fit_step[0]), res.steps_run, model.W_V.detach().clone()))
+    (fit_a, steps_a, W_a), (fit_b, steps_b, W_b) = runs
+    assert 0 <= fit_a < 200 and fit_a == fit_b        # the count it reads is unchanged
+    assert steps_a == 200 and steps_b <= fit_b + 2   # the steps after the fit are not computed
+    assert not torch.equal(W_a, W_b)
+
+
+def test_attention_concentration_runs_each_eta_for_equal_eta_T():
+    from vitheory.config import ConfigError
+    from vitheory.experiments import attention_concentration as AC
+    from vitheory.experiments.base import get_experiment, resolve_config
+    cfg = resolve_config(get_experiment("attention-concentration"), "default")
+    assert [AC.iterations(cfg, lr) * lr for lr in cfg.lr_grid] == pytest.approx([cfg.eta_T] * len(cfg.lr_grid))
+    assert AC.group_key({"model": "vit", "lr": 0.1}) != AC.group_key({"model": "vit", "lr": 0.2})
+    with pytest.raises(ConfigError, match="eta_T"):
+        resolve_config(get_experiment("attention-concentration"), "default", {"eta_T": 1e6})
+    with pytest.raises(ConfigError, match="queries"):
+        resolve_config(get_experiment("attention-concentration"), "default", {"queries": "some"})

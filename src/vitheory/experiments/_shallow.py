@@ -279,7 +279,7 @@ def test_metrics(cfg: ShallowConfig, model, trials, patterns, device, *, keep_fn
 
 def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn=None,
                  callback=None, callback_every: int = 0, train_spurious_corr: float | None = None,
-                 test_spurious_corr: float | None = 0.5):
+                 test_spurious_corr: float | None = 0.5, stop_at_fit: bool = False):
     """Train the trials' models (one batch, equal shapes) and measure them.
 
     ``keep_fn(trial, samples) -> samples`` removes tokens (sparsification) from training and test data.
@@ -300,7 +300,7 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
                           generators=[generator(t["seed"], SGD) for t in trials], eval_every=cfg.eval_every,
                           callback=callback, callback_every=callback_every,
                           lr_scale={"W_Q": cfg.lr_qk_scale, "W_K": cfg.lr_qk_scale} if cfg.lr_qk_scale != 1 else None,
-                          loss=cfg.loss, model_steps=budget)
+                          loss=cfg.loss, model_steps=budget, stop_at_fit=stop_at_fit)
     AT = probe_attention(model, probe)
     if res.train_error is not None:   # the trainer's last evaluation already measured it
         train_err = res.train_error

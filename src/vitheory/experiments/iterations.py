@@ -5,6 +5,11 @@ at the default alpha_*.  For each trial, the number of SGD iterations until zero
 recorded (measured every ``eval_every`` iterations).  The theory predicts iterations linear in
 1/alpha_* and in 1/eta, i.e. log-log slopes 1.  Trials that never reach zero training error within
 ``steps`` are reported (and left out of the fits).
+
+Calibration: the sample-complexity one (``experiments/sample_complexity.py``: uniform attention at the start that
+learns, L = 32, logistic loss; project choices), without its epoch budget (every model may take up to ``steps``
+iterations) and with each model stopped at its first evaluation with zero training error (only that count is
+read).  Training error, not test error, is measured, so no floor check runs.
 """
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ from vitheory.analysis.stats import linear_fit, loglog_fit
 from vitheory.config import check_all_in_range, knob
 from vitheory.experiments import _shallow as S
 from vitheory.experiments.base import Analysis, Claim
+from vitheory.experiments.sample_complexity import Calibration
 
 
 @dataclass(frozen=True)
-class Config(S.ShallowConfig):
+class Config(Calibration):
     N: int = knob(200, "training samples")
     inv_alpha_grid: tuple[float, ...] = knob((2.0, 2.5, 3.0, 3.5), "grid of 1/alpha_* (sweep a)")
     alpha_star: float = knob(0.4, "alpha_* of sweep b")
@@ -29,6 +35,8 @@ class Config(S.ShallowConfig):
     lr: float = knob(0.1, "eta of sweep a", project_choice=True)
     eval_every: int = knob(2, "iterations between training-error checks")
     steps: int = knob(1500, "maximum iterations")
+    epochs: float = knob(0.0, "no epoch budget: every model may take up to `steps` iterations", project_choice=True)
+    floor_samples: int = knob(0, "no floor check (training error is measured, not test error)", project_choice=True)
     seeds: int = knob(5, "trials per point")
 
     def validate(self) -> None:
@@ -48,6 +56,10 @@ def trials(cfg: Config) -> list[dict]:
     b = [{"sweep": "eta", "alpha_star": cfg.alpha_star, "lr": lr, "N": cfg.N, "seed": s}
          for lr in cfg.lr_grid for s in range(cfg.seeds)]
     return a + b
+
+
+def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
+    return S.train_trials(cfg, batch, device, stop_at_fit=True)[0]
 
 
 def _sweep(df: pd.DataFrame, sweep: str, xcol: str, xname: str) -> tuple[pd.DataFrame, dict]:
@@ -108,7 +120,7 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
 EXPERIMENT = S.shallow_experiment(
     "iterations", "Theorem 1 (T = Theta(1/(alpha_* eta)))",
     "SGD iterations to zero training error grow like 1/alpha_* and like 1/eta",
-    Config, trials, analyze, plot,
-    smoke={"N": 40, "steps": 60, "inv_alpha_grid": (2.0, 3.0, 3.5), "lr_grid": (0.1, 0.2, 0.4), "eval_every": 5},
+    Config, trials, analyze, plot, run_trials=run_trials,
+    smoke={"probe_size": 16, "N": 40, "steps": 60, "inv_alpha_grid": (2.0, 3.0, 3.5), "lr_grid": (0.1, 0.2, 0.4), "eval_every": 5},
     paper={"seeds": 20, "inv_alpha_grid": (2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5),
            "lr_grid": (0.025, 0.05, 0.1, 0.2, 0.4), "steps": 4000})

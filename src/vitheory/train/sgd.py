@@ -78,7 +78,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
                     steps: int, batch: int, lr: torch.Tensor, generators: list[torch.Generator],
                     eval_every: int = 0, callback: Callable[[int, nn.Module], None] | None = None,
                     callback_every: int = 0, lr_scale: dict[str, float] | None = None,
-                    loss: str = "hinge", model_steps: torch.Tensor | None = None) -> TrainResult:
+                    loss: str = "hinge", model_steps: torch.Tensor | None = None,
+                    stop_at_fit: bool = False) -> TrainResult:
     """Train the K models of ``model`` on padded data X [K, Nmax, L, d], y [K, Nmax]; N_k = n[k].
 
     ``eval_every`` > 0: every that many steps, each model's full training error is recorded
@@ -88,6 +89,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     ``lr_scale`` multiplies the step of the named parameters (e.g. ``{"W_Q": 10, "W_K": 10}``).
     ``loss``: "hinge" or "logistic" (logistic models are never retired by their margins).
     ``model_steps`` [K]: model k takes at most that many steps (its result is final after them); None: ``steps``.
+    ``stop_at_fit``: a model stops at the first evaluation with zero training error (when only ``fit_step`` is
+    read, e.g. iterations to fit: the steps after it are not computed).
     """
     loss_fn = LOSSES[loss]
     K, Nmax = y.shape
@@ -130,6 +133,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         fit_step[(err == 0) & (fit_step < 0)] = step
         if final:
             return
+        if stop_at_fit:
+            over[ids_c[err[ids_c] == 0]] = True
         if loss == "hinge":
             done[ids_c] = (margin >= 1).all(dim=1).cpu()
             retired_step[done & (retired_step < 0)] = step
