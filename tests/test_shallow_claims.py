@@ -180,3 +180,25 @@ def test_attention_concentration_runs_each_eta_for_equal_eta_T():
         resolve_config(get_experiment("attention-concentration"), "default", {"eta_T": 1e6})
     with pytest.raises(ConfigError, match="queries"):
         resolve_config(get_experiment("attention-concentration"), "default", {"queries": "some"})
+
+
+def test_cnn_comparison_leaves_ties_undecided():
+    import pandas as pd
+    from vitheory.experiments import cnn_sample_complexity as C
+    from vitheory.experiments.base import get_experiment, resolve_config
+    cfg = resolve_config(get_experiment("cnn-sample-complexity"), "default")
+
+    def tab(nmins):
+        return pd.DataFrame({"alpha_*": [0.5, 0.4, 0.3], "alpha_*^-4": [16.0, 39.1, 123.5], "N_min": nmins,
+                             "max_rate": [1.0, 1.0, 1.0]})
+    claims, _ = C.comparison_claims(cfg, {"cnn": tab([16, 32, 64]), "vit": tab([16, 16, 16])})
+    assert claims[0].id == "cnn-needs-more" and claims[0].supported is True      # the tie does not decide
+    assert "1 here" in claims[0].evidence
+    claims, _ = C.comparison_claims(cfg, {"cnn": tab([16, 12, 64]), "vit": tab([16, 16, 16])})
+    assert claims[0].supported is False                                          # the CNN needs fewer at 0.4
+    claims, _ = C.comparison_claims(cfg, {"cnn": tab([16, 16, 64]), "vit": tab([16, 16, 16])})
+    assert claims[0].supported is None                                           # one deciding cell only
+    claims, _ = C.comparison_claims(cfg, {"cnn": tab([16, 32, None]), "vit": tab([16, 16, 24])})
+    assert claims[0].supported is True                                           # beyond the grid counts as more
+    ratio = [c for c in claims if c.id == "ratio-grows"]
+    assert ratio and ratio[0].supported is None                                  # 2 finite ratios: too few
