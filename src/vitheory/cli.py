@@ -86,9 +86,13 @@ def cmd_reproduce(args) -> int:
     from vitheory.report.build import build_combined_report
     from vitheory.config import config_to_dict
     from vitheory.sweep.executors import check_executor, make_executor
-    from vitheory.sweep.runner import check_device_name, prepare_run_folder, resolve_device, run_experiment
+    from vitheory.sweep.runner import check_device_name, prepare_run_folder, resolve_device, run_experiments
     check_executor(args.executor, args.scheduler, args.workers)
     check_device_name(args.device)
+    if not 1 <= args.jobs <= 256:
+        raise ConfigError(f"--jobs={args.jobs} is out of range; allowed range: [1, 256]")
+    if args.jobs > 1 and args.executor != "local":
+        raise ConfigError("--jobs > 1 runs experiments in local processes; it cannot be combined with --executor dask")
     if args.only is None:
         names = list(registry())
     else:
@@ -110,17 +114,29 @@ def cmd_reproduce(args) -> int:
         print(f"{len(names)} experiment(s) checked into {root}: {', '.join(names)}; nothing was run or written "
               "(--dry-run)")
         return 0
-    with make_executor(args.executor, args.scheduler, args.workers) as executor:   # one cluster for every run
+    def done(n, sec):
+        print(f"== {n} ({args.scale}) done in {sec:.1f} s", flush=True)
+
+    t0 = time.perf_counter()
+    if args.jobs > 1:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--out {root}: cannot create the folder ({e.strerror or e})") from None
-        for n in names:
-            t0 = time.perf_counter()
-            print(f"== {n} ({args.scale})", flush=True)
-            run_experiment(n, scale=args.scale, out=root / n, device=args.device, progress=not args.quiet,
-                           executor=executor, argv=args.argv)
-            print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"{len(names)} experiments, {args.jobs} at a time", flush=True)
+        run_experiments(names, jobs=args.jobs, on_done=done, scale=args.scale, out=root, device=args.device,
+                        argv=args.argv)
+    else:
+        with make_executor(args.executor, args.scheduler, args.workers) as executor:   # one cluster for every run
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"--out {root}: cannot create the folder ({e.strerror or e})") from None
+            for n in names:
+                print(f"== {n} ({args.scale})", flush=True)
+                run_experiments([n], scale=args.scale, out=root, device=args.device, progress=not args.quiet,
+                                executor=executor, argv=args.argv, on_done=done)
+    print(f"all {len(names)} experiments in {time.perf_counter() - t0:.1f} s", flush=True)
     path = build_combined_report(root)
     print(f"report: {path}")
     return 0
@@ -186,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="check every experiment's config and folder; run nothing")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="experiments run at a time, each in its own process (default 1; 2 on a 2-core machine)")
     _executor_options(s)
     s.set_defaults(func=cmd_reproduce)
 

@@ -314,6 +314,8 @@ def train_trials(cfg: ShallowConfig, trials: list[dict], device: str, *, keep_fn
     metrics = []
     for k in range(len(trials)):
         retired = int(res.retired_step[k])
+        if stop_at_fit and int(res.fit_step[k]) >= 0:   # stopped at its first fit
+            retired = int(res.fit_step[k]) if retired < 0 else min(retired, int(res.fit_step[k]))
         metrics.append({"train_error": float(train_err[k]), "test_error": float(test_err[k]),
                         "test_loss": float(test_loss[k]), "success": bool(test_err[k] == 0.0 and not diverged[k]),
                         "diverged": bool(diverged[k]), "fit_step": int(res.fit_step[k]),

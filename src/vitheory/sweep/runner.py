@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from vitheory._version import __version__
-from vitheory.config import ConfigError, config_to_dict
+from vitheory.config import ConfigError, check_range, config_to_dict
 from vitheory.experiments.base import Experiment, get_experiment, resolve_config, results_frame
 from vitheory.sweep.batch import check_device_name, resolve_device  # noqa: F401  (resolve_device: the CLI's)
 from vitheory.sweep.executors import check_executor, make_executor
@@ -130,6 +130,62 @@ def run_experiment(name: str, *, scale: str = "default", overrides: Mapping[str,
     finally:
         if owned:
             ex.__exit__(None, None, None)
+
+
+def _run_one(job: tuple[str, dict, int]) -> tuple[str, float]:
+    """One experiment of :func:`run_experiments` in a worker process (top-level: it pickles by reference)."""
+    name, kwargs, threads = job
+    import torch
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    run_experiment(name, **kwargs)
+    return name, time.perf_counter() - t0
+
+
+def run_experiments(names: list[str], *, jobs: int = 1, on_done=None, **kwargs) -> dict[str, float]:
+    """Run the experiments ``names`` (keyword arguments as :func:`run_experiment`'s, ``out`` a folder whose
+    sub-folder ``NAME`` holds each run); return the wall seconds of each.
+
+    ``jobs = 1`` runs them one after the other in this process.  ``jobs > 1`` runs up to ``jobs`` experiments at
+    a time, each in its own process with ``max(1, cores // jobs)`` torch threads (the small tensor programs of
+    these sweeps use one core well and two poorly, so on a 2-core machine two one-thread experiments finish
+    sooner than one two-thread experiment after another).  Every run folder keeps its own crash-safe store, so a
+    killed run resumes as usual.  ``on_done(name, seconds)`` is called as each finishes.  The first failure is
+    re-raised after the experiments already started have finished.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int):
+        raise ConfigError(f"--jobs={jobs!r} is not an integer; allowed range: [1, 256]")
+    check_range("--jobs", jobs, 1, 256)
+    root = Path(kwargs.pop("out"))
+    times: dict[str, float] = {}
+    if jobs == 1:
+        for n in names:
+            t0 = time.perf_counter()
+            run_experiment(n, out=root / n, **kwargs)
+            times[n] = time.perf_counter() - t0
+            if on_done is not None:
+                on_done(n, times[n])
+        return times
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    kwargs = {**kwargs, "progress": False}           # several bars at once would garble the terminal
+    first_error: BaseException | None = None
+    # spawn, not fork: a forked child of a process that already ran torch's thread pool can deadlock
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_one, (n, {**kwargs, "out": root / n}, threads)) for n in names]
+        for f in as_completed(futures):
+            try:
+                n, sec = f.result()
+            except BaseException as e:               # noqa: BLE001  (re-raised below, after the others)
+                first_error = first_error or e
+                continue
+            times[n] = sec
+            if on_done is not None:
+                on_done(n, sec)
+    if first_error is not None:
+        raise first_error
+    return {n: times[n] for n in names if n in times}
 
 
 def _run_into_folder(plan: RunPlan, ex, scale: str, progress: bool, argv: list[str] | None) -> pd.DataFrame:
