@@ -133,5 +133,5 @@ EXPERIMENT = S.shallow_experiment(
     Config, trials, analyze, plot,
     smoke={"N_grid": (20, 60), "tau_grid": (0.5, 2.0), "sigma_grid": (0.1, 2.0), "steps": 60, "min_steps": 20,
            "probe_size": 16, "floor_samples": 2000},
-    paper={"N_grid": (20, 40, 60, 80, 120, 160, 240, 320, 400), "seeds": 20,
-           "tau_grid": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5), "sigma_grid": (0.1, 0.5, 1.0, 1.5, 2.0, 3.0)})
+    paper={"N_grid": (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512), "seeds": 20,
+           "tau_grid": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0), "sigma_grid": (0.1, 0.5, 1.0, 2.0, 3.0, 4.5, 6.0)})
