@@ -87,7 +87,8 @@ def comparison_claims(cfg: Config, tabs: dict[str, pd.DataFrame]) -> tuple[list[
                     f"N_min: {ev}. Rule: supported if at every alpha_* where either reaches success rate "
                     f"{cfg.success_rate} the CNN's N_min is larger (a boundary beyond N = {grid_max} counts as larger); "
                     f"a cell where neither reaches it, or where both boundaries are the same grid point ({ties} here: the "
-                    f"grid cannot order them), does not decide; inconclusive if fewer than 2 cells decide.")]
+                    f"grid cannot order them), does not decide; inconclusive if fewer than 2 cells decide.",
+                    paper="Figure 1: CNN N_min 240-720 at alpha_*^-4 = 120-190 against the ViT's 40-400 at alpha_*^-2 = 4-14")]
     ok = table.dropna(subset=["ratio"])
     if len(ok) >= 3:
         rho = spearman((1 / ok["alpha_*"]).to_numpy(float), ok["ratio"].to_numpy(float))
@@ -96,7 +97,7 @@ def comparison_claims(cfg: Config, tabs: dict[str, pd.DataFrame]) -> tuple[list[
                             f"ratios {', '.join(f'{x:.2f}' for x in ok['ratio'])} at alpha_*^-4 = "
                             f"{', '.join(f'{x:g}' for x in ok['alpha_*^-4'])}; Spearman rho "
                             f"{'undefined (constant ratio)' if rho is None else f'{rho:.2f}'}; rule: supported if rho >= 0.7 "
-                            f"(a clear rise, the rule of the other trend claims)."))
+                            f"(a clear rise, the rule of the other trend claims).", paper="like alpha_*^-2 (Proposition 1 against Theorem 1)"))
     else:
         claims.append(Claim("ratio-grows", "N_min(CNN) / N_min(ViT) grows with 1/alpha_* (like alpha_*^-2)", None,
                             f"both boundaries inside the grid at {len(ok)} alpha_* value(s); at least 3 are needed."))

@@ -80,15 +80,19 @@ def _sweep(df: pd.DataFrame, sweep: str, xcol: str, xname: str) -> tuple[pd.Data
     return tab, fit
 
 
+PAPER_T = "T = Theta(1/(alpha_* eta)) (Theorem 1; no measured curve in the paper's sources)"
+
+
 def _claim(cid: str, stmt: str, fit: dict) -> Claim:
     if "slope" not in fit:
-        return Claim(cid, stmt, None, f"only {fit.get('n_points', 0)} points reached zero training error; 3 needed.")
+        return Claim(cid, stmt, None, f"only {fit.get('n_points', 0)} points reached zero training error; 3 needed.",
+                     paper=PAPER_T)
     ok = fit["linear_slope_lo"] > 0 and fit["linear_r2"] >= 0.9
     return Claim(cid, stmt, bool(ok),
                  f"linear fit R^2 = {fit['linear_r2']:.3f}, slope {fit['linear_slope']:.1f} "
                  f"[{fit['linear_slope_lo']:.1f}, {fit['linear_slope_hi']:.1f}]; log-log slope {fit['slope']:.2f} "
                  f"[{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}] (theory: 1). "
-                 "Rule: supported if the linear slope's 95% CI is above 0 and R^2 >= 0.9.")
+                 "Rule: supported if the linear slope's 95% CI is above 0 and R^2 >= 0.9.", paper=PAPER_T)
 
 
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:

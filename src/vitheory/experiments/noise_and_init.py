@@ -61,6 +61,9 @@ def trials(cfg: Config) -> list[dict]:
     return floors + a + b
 
 
+PAPER_N = "N_min grows with the noise level and the initial model error (Theorem 1; no measured curve in the sources)"
+
+
 def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max: int, grid_min: int) -> Claim:
     """N_min non-decreasing in the factor; a value that never reaches the threshold counts as N_min > grid max
     (ties among those are allowed).  When N_min cannot separate the values (all at the grid's lowest N, or all
@@ -75,12 +78,12 @@ def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max:
     if np.all(nmin == grid_min) or np.isinf(nmin).all():
         ok = bool(np.all(np.diff(area) <= 1e-9) and area[-1] < area[0])
         return Claim(cid, stmt, ok, f"N_min: {shown} (the grid cannot separate them); mean success rate over the N "
-                     f"grid: {area_txt}. Rule: non-increasing in {name} and lower at the largest {name}.")
+                     f"grid: {area_txt}. Rule: non-increasing in {name} and lower at the largest {name}.", paper=PAPER_N)
     rho = stats.spearmanr(vals, ranked).statistic if len(vals) > 2 else np.nan
     ok = bool(np.all(np.diff(ranked) >= 0) and ranked[-1] > ranked[0])
     return Claim(cid, stmt, ok,
                  f"N_min: {shown}; Spearman rho = {rho:.2f}; mean success rate over the N grid: {area_txt}. Rule: N_min "
-                 f"non-decreasing in {name} and larger at the largest {name} than at the smallest.")
+                 f"non-decreasing in {name} and larger at the largest {name} than at the smallest.", paper=PAPER_N)
 
 
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
