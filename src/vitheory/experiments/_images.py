@@ -9,7 +9,7 @@ Data (project construction, :mod:`vitheory.data.spurious`): a sample is a 3 x 3 
 in training only.
 
 Tile pools (project choice): the tiles are split once, by a permutation seeded with ``split_seed``, into three
-disjoint pools -- *pretrain* (the clean source of the pre-trained initial model), *train* (the tiles of the
+disjoint pools (pixel-identical repeats dropped first) -- *pretrain* (the clean source of the pre-trained initial model), *train* (the tiles of the
 training mosaics) and *test* (the tiles of the test mosaics).  animal-mnist and an image folder: 30 % / 50 % /
 20 %; CIFAR-10: the test split is the test pool, its train split is cut 3 : 5 into pretrain and train.
 
@@ -74,9 +74,9 @@ class ImageConfig:
     depth: int = knob(1, "ViT depth (encoder blocks)", project_choice=True)
     heads: int = knob(2, "attention heads (must divide dim)", project_choice=True)
     mlp_ratio: float = knob(2.0, "MLP width / D", project_choice=True)
-    patch_size: int = knob(14, "patch side; must divide the tile side (animal-mnist 28: 1, 2, 4, 7, 14, 28; "
-                           "CIFAR-10 32: 1, 2, 4, 8, 16, 32) so that alpha_* stays k/9 of the tokens",
-                           project_choice=True)
+    patch_size: int = knob(0, "patch side; must divide the tile side (animal-mnist 28: 1, 2, 4, 7, 14, 28; "
+                           "CIFAR-10 32: 1, 2, 4, 8, 16, 32) so that alpha_* stays k/9 of the tokens; 0 = half the "
+                           "tile side (36 tokens)", project_choice=True)
     seeds: int = knob(2, "trials per point")
 
     @property
@@ -84,8 +84,13 @@ class ImageConfig:
         return TILE.get(self.source, self.tile_size)
 
     @property
+    def patch(self) -> int:
+        """The patch side used: ``patch_size``, or half the tile side when it is 0."""
+        return self.patch_size or self.tile // 2
+
+    @property
     def n_patches(self) -> int:
-        return (3 * self.tile // self.patch_size) ** 2
+        return (3 * self.tile // self.patch) ** 2
 
     def validate(self) -> None:
         check_choice("source", self.source, SOURCES)
@@ -105,8 +110,8 @@ class ImageConfig:
         if self.dim % self.heads:
             raise ConfigError(f"heads={self.heads} must divide dim={self.dim}; allowed: a divisor of {self.dim}")
         check_range("mlp_ratio", self.mlp_ratio, 0.0, 64.0, lo_open=True)
-        check_range("patch_size", self.patch_size, 1, self.tile)
-        if self.tile % self.patch_size:
+        check_range("patch_size", self.patch_size, 0, self.tile)
+        if self.tile % self.patch:
             divs = [d for d in range(1, self.tile + 1) if self.tile % d == 0]
             raise ConfigError(f"patch_size={self.patch_size} does not divide the tile side {self.tile} "
                               f"(source={self.source}); allowed: {', '.join(map(str, divs))}")
@@ -127,6 +132,19 @@ class Pools:
     description: str
 
 
+def _unique(x: np.ndarray, y: np.ndarray, seen: set | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``x`` whose pixels occur for the first time (and not in ``seen``): animal-mnist holds 284
+    pixel-identical repeats, which would otherwise fall into two pools."""
+    seen = set() if seen is None else seen
+    keep = []
+    for i, row in enumerate(x.reshape(len(x), -1)):
+        b = row.tobytes()
+        if b not in seen:
+            seen.add(b)
+            keep.append(i)
+    return x[keep], y[keep]
+
+
 def _cut(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     perm = np.random.default_rng(seed).permutation(len(x))     # the files are sorted by class
     ends = np.cumsum([0] + [round(f * len(x)) for f in fractions[:-1]] + [len(x)])
@@ -138,23 +156,24 @@ def _cut(x: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], seed: int) 
 def _pools(source: str, cifar10_dir: str, image_dir: str, tile_size: int, split_seed: int) -> Pools:
     if source == "animal-mnist":
         from vitheory.data.packaged import animal_mnist
-        x, y = animal_mnist()
-        (pre, tr, te), what = _cut(x, y, (0.3, 0.5, 0.2), split_seed), "animal-mnist (10,000 28x28 silhouettes)"
+        x, y = _unique(*animal_mnist())
+        (pre, tr, te), what = _cut(x, y, (0.3, 0.5, 0.2), split_seed), f"animal-mnist ({len(x)} distinct 28x28 silhouettes of 10,000)"
     elif source == "cifar10":
         if not cifar10_dir.strip():
             raise ConfigError("cifar10_dir is empty; source=cifar10 needs cifar10_dir=PATH, a local CIFAR-10 copy "
                               "(python or binary layout folder, its parent, or the .tar.gz)")
         from vitheory.data.cifar import read_cifar10
         a, b = read_cifar10(cifar10_dir, "train"), read_cifar10(cifar10_dir, "test")
-        pre, tr = _cut(a.images, a.labels, (0.375, 0.625), split_seed)
-        te, what = (b.images, b.labels), a.source.replace(" train", "")
+        seen: set = set()
+        pre, tr = _cut(*_unique(a.images, a.labels, seen), (0.375, 0.625), split_seed)
+        te, what = _unique(b.images, b.labels, seen), a.source.replace(" train", "")
     else:
         if not image_dir.strip():
             raise ConfigError("image_dir is empty; source=image_dir needs image_dir=PATH, a folder with one "
                               "sub-folder per class")
         from vitheory.data.imageset import read_image_classes
         c = read_image_classes(image_dir, size=tile_size)
-        (pre, tr, te), what = _cut(c.images, c.labels, (0.3, 0.5, 0.2), split_seed), c.source
+        (pre, tr, te), what = _cut(*_unique(c.images, c.labels), (0.3, 0.5, 0.2), split_seed), c.source
     ys = np.concatenate([pre[1], tr[1], te[1]])
     ch = 1 if pre[0].ndim == 3 else pre[0].shape[-1]
     return Pools(pre, tr, te, int(ys.max()) + 1, int(ch), what)
@@ -200,12 +219,8 @@ def new_model(cfg: ImageConfig, p: Pools, seed: int, tag: str = "init"):
     from vitheory.models.vit import ViT
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, tag) % (2 ** 63))
-        return ViT(image_size=3 * cfg.tile, patch_size=cfg.patch_size, in_chans=p.channels, num_classes=p.n_classes,
+        return ViT(image_size=3 * cfg.tile, patch_size=cfg.patch, in_chans=p.channels, num_classes=p.n_classes,
                    dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
-
-
-def train_device(device: str) -> str:
-    return "cuda" if str(device).startswith("cuda") else "cpu"
 
 
 def fit(cfg: ImageConfig, model, m: Mosaics, seed: int, device: str, keep=None, steps: int | None = None):
@@ -213,7 +228,7 @@ def fit(cfg: ImageConfig, model, m: Mosaics, seed: int, device: str, keep=None, 
     import torch
     from vitheory.train.vit_train import to_tensor, train_vit
     return train_vit(model, to_tensor(m.images), torch.from_numpy(m.labels), cfg.steps if steps is None else steps,
-                     cfg.batch_size, cfg.lr, seed, cfg.optimizer, cfg.weight_decay, train_device(device), keep)
+                     cfg.batch_size, cfg.lr, seed, cfg.optimizer, cfg.weight_decay, device, keep)
 
 
 def accuracy(model, m: Mosaics, keep=None) -> float:
@@ -224,7 +239,7 @@ def accuracy(model, m: Mosaics, keep=None) -> float:
 
 def relevant_tokens(cfg: ImageConfig, m: Mosaics) -> np.ndarray:
     """``[N, n_patches]`` bool: patch tokens inside a label-relevant tile."""
-    return token_mask(m.relevant, cfg.tile, cfg.patch_size).astype(bool)
+    return token_mask(m.relevant, cfg.tile, cfg.patch).astype(bool)
 
 
 def failed(t0: float, steps_run: int = 0, loss: float = math.nan) -> dict:

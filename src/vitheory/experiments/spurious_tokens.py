@@ -174,7 +174,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     n_fail = int(df["diverged"].astype(bool).sum()) if "diverged" in df else 0
     a.notes.append(f"data: {I.pools(cfg).description if _pools_ready(cfg) else cfg.source}; {cfg.n_train} training and "
                    f"{cfg.n_test} test mosaics a trial, spurious_strength {cfg.spurious_strength:g} in training, 0 at "
-                   f"test; ViT depth {cfg.depth}, D = {cfg.dim}, {cfg.heads} heads, patch {cfg.patch_size} "
+                   f"test; ViT depth {cfg.depth}, D = {cfg.dim}, {cfg.heads} heads, patch {cfg.patch} "
                    f"({cfg.n_patches} tokens), {cfg.optimizer} lr {cfg.lr:g}, {cfg.steps} steps; {cfg.seeds} seeds; "
                    f"failed (diverged) trials: {n_fail}.")
     a.notes.append("'acc, correlated test': fresh mosaics whose spurious tiles follow the training correlation; "
