@@ -9,7 +9,6 @@ import torch
 
 import vitheory
 from vitheory.cli import main
-from vitheory.config import ConfigError
 from vitheory.experiments import _images as I
 from vitheory.experiments import sparsification_images as SP
 from vitheory.experiments import spurious_tokens as ST

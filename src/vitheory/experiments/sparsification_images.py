@@ -216,7 +216,7 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
     ax.axvline(cfg.n_spurious_tokens, color="gray", ls=":", lw=1, label="number of spurious tokens")
     ax.set_xlabel("number of removed tokens (training and test)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"token sparsification on images ({cfg.source}, alpha_* = {cfg.k}/9; band: min-max over "
+    ax.set_title(f"token sparsification on images ({cfg.source}, alpha_* = {cfg.k}/9; band: min-max, "
                  f"{cfg.seeds} seeds)", fontsize=9)
     ax.legend(fontsize=7)
     return [save_figure(fig, fig_dir, "sparsification_images")]
