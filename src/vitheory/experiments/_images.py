@@ -15,7 +15,8 @@ training mosaics) and *test* (the tiles of the test mosaics).  animal-mnist and 
 
 Sources (``source``): ``animal-mnist`` (the offline default: 10,000 28 x 28 silhouettes of the installed
 ``animal-mnist`` wheel), ``cifar10`` (a local CIFAR-10 copy at ``cifar10_dir``, python or binary layout, md5
-checked) or ``image_dir`` (a folder with one sub-folder per class, tiles resized to ``tile_size``).  The files
+checked; the default of ``cifar10_dir`` is the environment variable ``VITHEORY_CIFAR10_DIR``, so that
+``vitheory reproduce --scale paper`` can find it) or ``image_dir`` (a folder with one sub-folder per class, tiles resized to ``tile_size``).  The files
 are read and checked by :func:`check_inputs`, before the run folder exists.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from vitheory.seeding import derive_seed
 PAPER1 = "Li, Wang, Liu, Chen · ICLR 2023 (shallow ViT)"
 SOURCES = ("animal-mnist", "cifar10", "image_dir")
 TILE = {"animal-mnist": 28, "cifar10": 32}
+CIFAR10_ENV = "VITHEORY_CIFAR10_DIR"
 #: smoke scale of both experiments: seconds
 SMOKE = {"n_train": 200, "n_test": 100, "steps": 20, "dim": 16, "heads": 2, "seeds": 2, "batch_size": 32}
 
@@ -54,8 +56,10 @@ def k_of(name: str, alpha: float) -> int:
 class ImageConfig:
     source: str = knob("animal-mnist", "tile source: animal-mnist (offline, default), cifar10 (cifar10_dir) or "
                        "image_dir (a folder of class sub-folders)")
-    cifar10_dir: str = knob("", "local CIFAR-10 copy (source=cifar10): python or binary layout folder, its parent, "
-                            "or the .tar.gz; never downloaded")
+    cifar10_dir: str = knob(os.environ.get(CIFAR10_ENV, ""), "local CIFAR-10 copy (source=cifar10, the paper "
+                            "scale): python or binary layout folder, its parent, or the .tar.gz; never downloaded; "
+                            f"default: the environment variable {CIFAR10_ENV} when set (so that `vitheory reproduce "
+                            "--scale paper` finds it), else empty")
     image_dir: str = knob("", "image folder with one sub-folder per class (source=image_dir)")
     tile_size: int = knob(32, "tile side for source=image_dir (animal-mnist: 28, CIFAR-10: 32)", project_choice=True)
     split_seed: int = knob(0, "seed of the permutation that splits the tiles into pretrain/train/test pools",
@@ -160,8 +164,9 @@ def _pools(source: str, cifar10_dir: str, image_dir: str, tile_size: int, split_
         (pre, tr, te), what = _cut(x, y, (0.3, 0.5, 0.2), split_seed), f"animal-mnist ({len(x)} distinct 28x28 silhouettes of 10,000)"
     elif source == "cifar10":
         if not cifar10_dir.strip():
-            raise ConfigError("cifar10_dir is empty; source=cifar10 needs cifar10_dir=PATH, a local CIFAR-10 copy "
-                              "(python or binary layout folder, its parent, or the .tar.gz)")
+            raise ConfigError(f"cifar10_dir is empty; source=cifar10 (the paper scale) needs --set cifar10_dir=PATH "
+                              f"or the environment variable {CIFAR10_ENV}=PATH: a local CIFAR-10 copy (python or "
+                              "binary layout folder, its parent, or the .tar.gz; never downloaded)")
         from vitheory.data.cifar import read_cifar10
         a, b = read_cifar10(cifar10_dir, "train"), read_cifar10(cifar10_dir, "test")
         seen: set = set()
