@@ -185,3 +185,31 @@ def test_trials_are_deterministic(one_thread):
     # one trial alone gives what it gives in its batch
     alone = SP.run_trials(cfg, [batch[1]], "cpu")[0]
     assert alone["test_accuracy"] == a[1]["test_accuracy"]
+
+
+def test_diverged_training_is_a_failed_trial(monkeypatch, one_thread, run_dir):
+    """A non-finite loss (train_vit's ``diverged``) is stored as a failure: NaN accuracy, ``diverged`` True, counted
+    in the tables, and a claim without finished trials is inconclusive."""
+    import math
+    import pandas as pd
+    from vitheory.train.vit_train import TrainResult
+    monkeypatch.setattr(I, "fit", lambda *a, **k: TrainResult(3, math.nan, True))
+    cfg = cfg_of("spurious-tokens", alphas=(5 / 9, 7 / 9, 1.0), seeds=1)
+    batch = ST.trials(cfg)
+    rows = ST.run_trials(cfg, batch, "cpu")
+    assert all(r["diverged"] and math.isnan(r["test_accuracy"]) for r in rows)
+    df = pd.DataFrame([{**t, **r} for t, r in zip(batch, rows)])
+    a = ST.analyze(cfg, df)
+    assert [c.supported for c in a.claims] == [None, None]
+    assert all((t["failed"] == 1).all() for t in a.tables.values())
+    cfg2 = cfg_of("sparsification-images", removed_grid=(0, 16), seeds=1)
+    b2 = SP.trials(cfg2)
+    r2 = SP.run_trials(cfg2, b2, "cpu")
+    assert all(r["diverged"] and math.isnan(r["test_accuracy"]) for r in r2)
+    a2 = SP.analyze(cfg2, pd.DataFrame([{**t, **r} for t, r in zip(b2, r2)]))
+    assert a2.claims[0].supported is None
+    # through the runner: the failures are stored (NaN as null) and the report still states the claims
+    vitheory.run("sparsification-images", scale="smoke", overrides={**TINY, "removed_grid": "0,16", "seeds": 1},
+                 out=run_dir, progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [c["supported"] for c in summary["claims"]] == [None]

@@ -27,6 +27,7 @@ pre-training helps, so there is no such claim here (the difference is reported i
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -101,13 +102,14 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
                 if seed not in done:
                     done[seed] = pretrain(cfg, p, seed, device, I.weights_path(tmp, seed))
                 if done[seed].diverged:
-                    out.append({**I.failed(t0, 0), "pretrain_diverged": True})
+                    out.append({**I.failed(t0, 0), "test_accuracy_correlated": math.nan, "pretrain_diverged": True})
                     continue
                 load_weights(model, I.weights_path(tmp, seed), skip_head=True)
             tr = I.mosaics(cfg, p.train, cfg.n_train, k, True, seed, "train")
             r = I.fit(cfg, model, tr, seed, device)
             if r.diverged:
-                out.append({**I.failed(t0, r.steps_run, r.final_loss), "pretrain_diverged": False})
+                out.append({**I.failed(t0, r.steps_run, r.final_loss), "test_accuracy_correlated": math.nan,
+                            "pretrain_diverged": False})
                 continue
             te = I.mosaics(cfg, p.test, cfg.n_test, k, False, seed, "test")
             corr = I.mosaics(cfg, p.test, cfg.n_test, k, True, seed, "test-correlated")
