@@ -5,12 +5,13 @@
 ``L`` is the cross-entropy on mini-batches drawn by a seeded generator.  Project choices: a batch order from
 ``seeding.generator(seed, "vit-batches")``, no augmentation, gradient clipping at norm 1.  A non-finite loss
 stops training with ``diverged = True`` (a failed trial, never a success).  ``device``: ``"auto"`` (cuda when
-available), ``"cpu"`` or ``"cuda"``.  Weights are saved and loaded with safetensors (no pickle).
+available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.  Weights are saved and loaded with safetensors (no pickle).
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +33,10 @@ class TrainResult:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA device is available; allowed: auto, cpu, cuda")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda")
+    if not (device == "cpu" or re.fullmatch(r"cuda(:\d{1,3})?", str(device))):
+        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but no CUDA device is available; allowed: auto, cpu, cuda, cuda:N")
     return torch.device(device)
 
 
