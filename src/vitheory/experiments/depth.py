@@ -349,7 +349,7 @@ def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> lis
         axes[2].set_xscale("log", base=2)
         axes[2].set_xlabel("N")
         axes[2].set_ylabel("success rate")
-        axes[2].set_title(f"(c) {cfg.sparse_removed} irrelevant tokens removed, alpha_* = {a_low:.3g}")
+        axes[2].set_title(f"(c) {cfg.sparse_removed} irrelevant removed, alpha_*={a_low:.3g}")
         axes[2].legend(fontsize=7)
     return [save_figure(fig, fig_dir, "depth")]
 
