@@ -139,3 +139,11 @@ def test_smoke_run_has_the_s11_claims(run_dir):
     assert {"S11-boundary", "S11-attention", "S11-sparsification"} <= ids
     for c in summary["claims"]:
         assert c["supported"] in (True, False, None) and "Rule" in c["evidence"]
+
+
+def test_run_without_evaluations_still_measures_the_training_error():
+    from vitheory.experiments import depth as DP
+    cfg = resolve_config(get_experiment("depth"), "smoke", {"eval_every": 0})
+    batch = [t for t in DP.trials(cfg) if t["depth"] == 2 and t["part"] == "boundary"][:2]
+    m = DP.run_trials(cfg, batch, "cpu")
+    assert all(0.0 <= r["train_error"] <= 1.0 for r in m)

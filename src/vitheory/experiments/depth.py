@@ -51,7 +51,7 @@ from vitheory.experiments.sample_complexity import Calibration
 from vitheory.experiments.sparsification import _scores
 from vitheory.models.deep_token_vit import MAX_DEPTH, DeepTokenViT, DeepTokenViTConfig
 from vitheory.models.shallow_vit import ShallowViTConfig
-from vitheory.train.sgd import PREDICT_CHUNK, train_hinge_sgd
+from vitheory.train.sgd import PREDICT_CHUNK, predict, train_hinge_sgd
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,19 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
                           generators=[S.generator(t["seed"], S.SGD) for t in batch], eval_every=cfg.eval_every,
                           lr_scale=qk, loss=cfg.loss, model_steps=budget)
     AT = layer_attention(model, probe)
+    if res.train_error is not None:      # the trainer's last evaluation measured it
+        train_err = res.train_error
+    else:                                # eval_every = 0: measure it here
+        F = predict(model, X)
+        valid = torch.arange(X.shape[1], device=X.device)[None] < n.to(X.device)[:, None]
+        train_err = ((~((y * F) > 0)) & valid).sum(1).float().cpu() / n.float()
     test_err, test_loss = S.test_metrics(cfg, model, batch, patterns, device, keep_fn=keep_fn)
     diverged = S.diverged_models(model) | ~np.isfinite(test_loss)
     out = []
     for k in range(len(batch)):
         retired = int(res.retired_step[k])
         steps = retired if retired >= 0 else (int(min(budget[k], res.steps_run)) if budget is not None else res.steps_run)
-        m = {"train_error": float(res.train_error[k]) if res.train_error is not None else float("nan"),
+        m = {"train_error": float(train_err[k]),
              "test_error": float(test_err[k]), "test_loss": float(test_loss[k]),
              "success": bool(test_err[k] == 0.0 and not diverged[k]), "diverged": bool(diverged[k]),
              "fit_step": int(res.fit_step[k]), "steps_run": int(steps)}
