@@ -211,7 +211,8 @@ def boundary_tables(cfg: Config, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean A(0), A(T) of every layer over the boundary trials of each depth."""
+    """Mean A(0), A(T) of every layer over the boundary trials of each depth whose attention is finite (a diverged
+    training has no attention to measure; it is counted in ``diverged``)."""
     B = df[df["part"] == "boundary"]
     rows = []
     if "attention_initial_layers" not in B:
@@ -219,9 +220,12 @@ def layer_table(df: pd.DataFrame) -> pd.DataFrame:
     for D, sub in B.groupby("depth"):
         A0 = np.stack([np.asarray(v, float) for v in sub["attention_initial_layers"]])
         AT = np.stack([np.asarray(v, float) for v in sub["attention_final_layers"]])
+        ok = np.isfinite(A0).all(1) & np.isfinite(AT).all(1)
+        A0, AT = A0[ok], AT[ok]
         for j in range(A0.shape[1]):
             rows.append({"depth": int(D), "layer": j + 1, "A(0)": float(A0[:, j].mean()), "A(T)": float(AT[:, j].mean()),
-                         "gain": float((AT[:, j] - A0[:, j]).mean()), "trials": len(sub)})
+                         "gain": float((AT[:, j] - A0[:, j]).mean()), "trials": int(ok.sum()),
+                         "diverged": int((~ok).sum())})
     return pd.DataFrame(rows)
 
 
@@ -286,7 +290,9 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
                               "; ".join(f"depth {int(r['depth'])}: A {r['A(0)']:.3f} -> {r['A(T)']:.3f} (gain {r['gain']:.3f})"
                                         for _, r in last.iterrows())
                               + f". Rule: mean gain A(T) - A(0) of the last layer >= 0.05 at every depth (A on "
-                              f"{cfg.probe_size} fresh samples per trial). Earlier layers: "
+                              f"{cfg.probe_size} fresh samples per trial; diverged trials, which have no attention, "
+                              f"excluded: " + ", ".join(f"{int(r['diverged'])} at depth {int(r['depth'])}"
+                                                         for _, r in last.iterrows()) + "). Earlier layers: "
                               + ("; ".join(f"depth {int(r['depth'])} layer {int(r['layer'])}: {r['A(0)']:.3f} -> {r['A(T)']:.3f}"
                                            for _, r in lt[lt["layer"] < lt.groupby("depth")["layer"].transform("max")]
                                            .iterrows()) or "none") + ".",
