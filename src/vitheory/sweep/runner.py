@@ -149,7 +149,9 @@ def run_experiments(names: list[str], *, jobs: int = 1, on_done=None, **kwargs) 
     ``jobs = 1`` runs them one after the other in this process.  ``jobs > 1`` runs up to ``jobs`` experiments at
     a time, each in its own process with ``max(1, cores // jobs)`` torch threads (the small tensor programs of
     these sweeps use one core well and two poorly, so on a 2-core machine two one-thread experiments finish
-    sooner than one two-thread experiment after another).  Every run folder keeps its own crash-safe store, so a
+    sooner than one two-thread experiment after another).  The stored numbers equal those of a one-after-the-other
+    run on the same number of torch threads (a different thread count can change float rounding, as with any
+    executor).  Every run folder keeps its own crash-safe store, so a
     killed run resumes as usual.  ``on_done(name, seconds)`` is called as each finishes.  The first failure is
     re-raised after the experiments already started have finished.
     """
