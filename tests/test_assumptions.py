@@ -347,3 +347,21 @@ def test_bad_pretrained_weights_refused_before_the_run_folder(tmp_path):
         vitheory.run("assumptions-table", scale="smoke", out=tmp_path / "runx", progress=False,
                      overrides={"pretrained_weights": str(ok), "representations": "pretrained_vit_layer1"})
     assert not (tmp_path / "runx").exists()
+
+
+def test_paper_mode_cholesky_certificates_match_the_eigenvalue_verdicts():
+    """ranks=False in the float32 convention decides most subsets by two shifted Cholesky factorisations; the
+    verdicts must equal those of the eigenvalue path (ranks=True) subset by subset, near the threshold too."""
+    from vitheory.linalg.sampled import sampled_rank_check
+    rng = np.random.default_rng(0)
+    T, d = 300, 64
+    base = rng.standard_normal((T, 40)) @ rng.standard_normal((40, d)) + 5 * rng.standard_normal(d)
+    scale = rng.choice([0, 1e-6, 1e-5, 3e-5, 1e-4, 1e-3], size=(T, 1))   # noise around the relative threshold
+    V = (base + scale * rng.standard_normal((T, d))).astype(np.float32)
+    fractions = []
+    for k in (20, 41, 45, 50, 64):
+        a = sampled_rank_check(V, k, 400, seed=1, mode="paper", ranks=True)
+        b = sampled_rank_check(V, k, 400, seed=1, mode="paper", ranks=False)
+        assert np.array_equal(a.full_rank, b.full_rank), k
+        fractions.append(a.fraction)
+    assert fractions[0] == 1.0 and fractions[-1] == 0.0      # both kinds of certificate were exercised

@@ -65,6 +65,8 @@ def _agg(sub: pd.DataFrame, prefix: str) -> dict:
         out["margin"] = float(sub[f"{prefix}_margin"].min())
     if f"{prefix}_n_tested" in sub:
         out["n"] = int(sub[f"{prefix}_n_tested"].iloc[0])
+    if f"{prefix}_n_full" in sub and sub[f"{prefix}_n_full"].notna().all():
+        out["counts"] = f"{int(sub[f'{prefix}_n_full'].sum())}/{int(sub[f'{prefix}_n_tested'].sum())}"
     if f"{prefix}_exhaustive" in sub and sub[f"{prefix}_exhaustive"].notna().any():
         out["exhaustive"] = bool(sub[f"{prefix}_exhaustive"].iloc[0])
     return out
@@ -215,7 +217,8 @@ def claim_gp(per_rep: dict) -> Claim:
             ok &= fails
         pg = v.get("p_gp") or {}
         p32 = f"; float32 {_fmt_frac(pg)}, ranks {pg.get('ranks', '–')}" if pg else ""
-        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(g)} at k = {g.get('k')} (ranks {g.get('ranks', '–')}{p32})")
+        cnt = f", {g['counts']} subsets full rank" if g.get("counts") else ""
+        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(g)} at k = {g.get('k')} (ranks {g.get('ranks', '–')}{cnt}{p32})")
     if not parts:
         return Claim("C4", "General Position fails for all four representations", None, "nothing measured")
     ev = "; ".join(parts) + (". Rule (float64 convention): fraction <= 0.01 for every representation (notebook: "

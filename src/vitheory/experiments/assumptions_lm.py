@@ -54,7 +54,8 @@ class Config:
     paper_subsets: int = knob(500, "random subsets per Assumption-1 check in the float32 convention")
     gp_subsets: int = knob(100, "random subsets per General Position check, both conventions", project_choice=True)
     rank_subsets: int = knob(25, "subsets whose rank is computed for the rank ranges", project_choice=True)
-    curve_subsets: int = knob(500, "random orderings for the Kruskal-rank curve of encoded BERT [CLS]")
+    curve_subsets: int = knob(200, "random orderings for the Kruskal-rank curve of encoded BERT [CLS]",
+                              project_choice=True)
     curve_step: int = knob(10, "k grid step of the Kruskal-rank curve (the notebook: 10)")
     tol: float = knob(1e-5, "tolerance on the smallest singular value of unit vectors", project_choice=True)
     tol_sweep: tuple[float, ...] = knob((), "further tolerances for Assumption 1", project_choice=True)

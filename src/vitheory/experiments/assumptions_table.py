@@ -58,7 +58,8 @@ class Config:
                            "factorisation), both conventions (the notebook: 5000)", project_choice=True)
     rank_subsets: int = knob(25, "subsets (the first of each check's) whose rank is computed for the rank "
                              "ranges; the fractions use all", project_choice=True)
-    curve_subsets: int = knob(1000, "random orderings for the Kruskal-rank curve")
+    curve_subsets: int = knob(300, "random orderings for the Kruskal-rank curve (the notebook: 5000 subsets per k); "
+                              "the costliest part of the default, see docs/assumptions.md", project_choice=True)
     curve_step: int = knob(10, "k grid step of the Kruskal-rank curve (the notebook: 10)")
     curve_all: bool = knob(False, "curve for every representation (the notebook: random attention only)")
     tol: float = knob(1e-5, "tolerance on the smallest singular value of unit vectors (float32 features)", project_choice=True)
