@@ -665,9 +665,11 @@ def sampled_kruskal_curve(vectors: Any, ks: Sequence[int] | None = None, n_subse
                         while lo_i < hi_i:
                             mid = (lo_i + hi_i) // 2
                             kk = int(amb[mid])
-                            sv = np.linalg.svd(U[P[t, :kk]], compute_uv=False)
+                            # torch, not numpy: inside small_lapack_threads this SVD is single-threaded
+                            # (numpy's BLAS threads oversubscribe a busy machine: measured 865 s vs 190 s CPU)
+                            sv = torch.linalg.svdvals(prep.U[torch.from_numpy(P[t, :kk]).to(dev)])
                             n_fb += 1
-                            if sv[-1] > tau:
+                            if float(sv[-1]) > tau:
                                 lo_i = mid + 1
                             else:
                                 hi_i = mid
