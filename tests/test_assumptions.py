@@ -225,3 +225,143 @@ def test_experiment_config_validation():
         with pytest.raises(ConfigError, match=msg):
             resolve_config(exp, "smoke", {key: val})
     assert len(exp.trials(resolve_config(exp, "smoke", {"seeds": "2"}))) == 8
+
+
+# --------------------------------------------------------------------------------------------------
+# C4 / C5 decided (true or false) on small synthetic token arrays with T > d
+# --------------------------------------------------------------------------------------------------
+def _synthetic_df(ranks: dict, T=60, n=5, d=16):
+    """One stored row per representation: [CLS] vectors of Kruskal rank ranks[rep] (generic rank-r product),
+    contexts of full rank n; computed by the experiment's own check code."""
+    import pandas as pd
+    from vitheory.experiments import assumptions_table as at
+    exp = get_experiment("assumptions-table")
+    cfg = resolve_config(exp, "smoke", {"curve_step": "1", "n_subsets": "300", "gp_subsets": "100",
+                                        "paper_subsets": "100", "rank_subsets": "10"})
+    rows = []
+    for i, (rep, r) in enumerate(ranks.items()):
+        rng = np.random.default_rng(i)
+        tok = rng.standard_normal((T, n, d))
+        tok[:, 0] = (rng.standard_normal((T, r)) @ rng.standard_normal((r, d))) if r > 1 else rng.standard_normal(d)
+        m = at._checks_for(iter([tok.astype(np.float32)]), cfg, 0, "cpu", curve=(rep == "random_attention"))
+        rows.append({**m, "representation": rep, "model": "synthetic", "n_sources": T, "images": "synthetic"})
+    return cfg, pd.DataFrame(rows)
+
+
+def _claims(cfg, df):
+    from vitheory.experiments._assumptions_rows import analyze
+    return {c.id: c for c in analyze(cfg, df).claims}
+
+
+def test_c4_c5_are_decided_when_T_exceeds_d():
+    # Kruskal ranks between n = 5 and d = 16: General Position fails everywhere, the curve ends in [n, d)
+    cfg, df = _synthetic_df({"embedding": 1, "random_attention": 10, "random_vit_layer1": 12,
+                             "pretrained_vit_layer1": 8})
+    c = _claims(cfg, df)
+    assert c["C4"].supported is True and c["C5"].supported is True, (c["C4"].evidence, c["C5"].evidence)
+    ra = df[df["representation"] == "random_attention"].iloc[0]
+    assert ra["curve_estimate"] == 10 and ra["gp_k"] == 16 and ra["gp_fraction"] == 0.0
+    assert ra["p_gp_fraction"] == 0.0 and ra["gp_rank_max"] == 10 and ra["gp_rank_disagree"] == 0
+    # generic full-rank [CLS] vectors: General Position holds -> C4 false; Kruskal rank = d -> C5 false
+    cfg, df = _synthetic_df({"embedding": 1, "random_attention": 16, "random_vit_layer1": 16,
+                             "pretrained_vit_layer1": 8})
+    c = _claims(cfg, df)
+    assert c["C4"].supported is False and c["C5"].supported is False, (c["C4"].evidence, c["C5"].evidence)
+    ra = df[df["representation"] == "random_attention"].iloc[0]
+    assert ra["gp_fraction"] == 1.0 and ra["p_gp_fraction"] == 1.0
+
+
+def test_table_has_both_conventions_paper_numbers_and_sources():
+    import pandas as pd
+    from vitheory.experiments._assumptions_rows import summarize_representations
+    cfg, df = _synthetic_df({"embedding": 1, "random_attention": 10, "random_vit_layer1": 12,
+                             "pretrained_vit_layer1": 8})
+    _, _, rows = summarize_representations(cfg, df)
+    t = pd.DataFrame(rows)
+    for col in ("sources", "GP float64", "GP float32", "GP paper", "A1 float64", "A1 float32", "A1 paper",
+                "A2 float64", "A2 float32", "A2 paper"):
+        assert col in t and t[col].notna().all(), col
+    assert (t["sources"] == 60).all()
+    assert t.loc[t["representation"] == "Random attention", "GP paper"].iloc[0] == "0 (ranks 463–482)"
+    assert t.loc[t["representation"] == "Random attention", "GP float64"].iloc[0].startswith("✗ 0 (ranks")
+
+
+# --------------------------------------------------------------------------------------------------
+# pretrained_weights: a local transformers ViT (the paper's row) through the experiment; bad paths refused
+# --------------------------------------------------------------------------------------------------
+@needs_tf
+def test_pretrained_weights_local_vit_through_the_experiment(tmp_path):
+    import transformers
+    torch.manual_seed(3)
+    arch = {**VIT_TINY, "num_hidden_layers": 2, "num_attention_heads": 1}   # heads = d / 64 for the .bin route
+    model = transformers.ViTModel(transformers.ViTConfig(**arch), add_pooling_layer=False)
+    model.save_pretrained(tmp_path / "vit")                     # a transformers folder (config.json + safetensors)
+    over = {"pretrained_weights": str(tmp_path / "vit"), "representations": "pretrained_vit_layer1",
+            "pretrained_image_size": "32", "n_images": "30"}
+    df = vitheory.run("assumptions-table", scale="smoke", overrides=over, out=tmp_path / "run", progress=False)
+    row = df.iloc[0]
+    assert row["available"] and row["dim"] == 64 and row["n_tokens"] == 17 and row["T"] == 30
+    assert "vit weights from" in row["model"] and row["n_sources"] == 30
+    # the row is the hidden_states[1] of that model
+    from vitheory.data.images import load_images
+    imgs = load_images("package", 30, 64, 0).images
+    ref = np.concatenate(list(pretrained_representation(imgs, model, ((0.5,) * 3, (0.5,) * 3), 32)))
+    assert row["a2_n_full"] == 30 and ref.shape == (30, 17, 64)
+    assert "vit weights from" in (tmp_path / "run" / "report.md").read_text()
+    # the same weights as one .bin state dict, read with torch.load(weights_only=True)
+    torch.save(model.state_dict(), tmp_path / "w.bin")
+    m2, _, desc = load_pretrained(str(tmp_path / "w.bin"))
+    got = np.concatenate(list(pretrained_representation(imgs[:4], m2, ((0.5,) * 3, (0.5,) * 3), 32)))
+    assert np.allclose(got, ref[:4], atol=1e-5) and "weights_only" in desc
+
+
+@needs_tf
+def test_bad_pretrained_weights_refused_before_the_run_folder(tmp_path):
+    import transformers
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
+    (tmp_path / "junk.bin").write_bytes(b"garbage" * 10)
+    bad_folder = tmp_path / "broken"
+    transformers.ViTConfig(**VIT_TINY).save_pretrained(bad_folder)
+    (bad_folder / "model.safetensors").write_bytes(b"\x00\x01corrupt")
+    wrong = tmp_path / "wrong"             # weights of another shape: from_pretrained would keep random weights
+    transformers.ViTModel(transformers.ViTConfig(**{**VIT_TINY, "hidden_size": 32, "num_attention_heads": 2}),
+                          add_pooling_layer=False).save_pretrained(wrong)
+    cfgj = json.loads((wrong / "config.json").read_text())
+    cfgj["hidden_size"] = 64
+    cfgj["num_attention_heads"] = 4
+    (wrong / "config.json").write_text(json.dumps(cfgj))
+    cases = [(tmp_path / "missing", "pretrained_weights"), (tmp_path / "junk.safetensors", "pretrained_weights"),
+             (tmp_path / "junk.bin", "pretrained_weights"), (bad_folder, "pretrained_weights"),
+             (wrong, "pretrained_weights")]
+    for i, (path, msg) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        with pytest.raises(ConfigError, match=msg):
+            vitheory.run("assumptions-table", scale="smoke", out=out, progress=False,
+                         overrides={"pretrained_weights": str(path), "representations": "pretrained_vit_layer1",
+                                    "pretrained_image_size": "32"})
+        assert not out.exists(), path
+    # a ViT whose image size differs from pretrained_image_size: refused with the allowed value
+    ok = tmp_path / "ok"
+    transformers.ViTModel(transformers.ViTConfig(**VIT_TINY), add_pooling_layer=False).save_pretrained(ok)
+    with pytest.raises(ConfigError, match="pretrained_image_size=56.*allowed value: 32"):
+        vitheory.run("assumptions-table", scale="smoke", out=tmp_path / "runx", progress=False,
+                     overrides={"pretrained_weights": str(ok), "representations": "pretrained_vit_layer1"})
+    assert not (tmp_path / "runx").exists()
+
+
+def test_paper_mode_cholesky_certificates_match_the_eigenvalue_verdicts():
+    """ranks=False in the float32 convention decides most subsets by two shifted Cholesky factorisations; the
+    verdicts must equal those of the eigenvalue path (ranks=True) subset by subset, near the threshold too."""
+    from vitheory.linalg.sampled import sampled_rank_check
+    rng = np.random.default_rng(0)
+    T, d = 300, 64
+    base = rng.standard_normal((T, 40)) @ rng.standard_normal((40, d)) + 5 * rng.standard_normal(d)
+    scale = rng.choice([0, 1e-6, 1e-5, 3e-5, 1e-4, 1e-3], size=(T, 1))   # noise around the relative threshold
+    V = (base + scale * rng.standard_normal((T, d))).astype(np.float32)
+    fractions = []
+    for k in (20, 41, 45, 50, 64):
+        a = sampled_rank_check(V, k, 400, seed=1, mode="paper", ranks=True)
+        b = sampled_rank_check(V, k, 400, seed=1, mode="paper", ranks=False)
+        assert np.array_equal(a.full_rank, b.full_rank), k
+        fractions.append(a.fraction)
+    assert fractions[0] == 1.0 and fractions[-1] == 0.0      # both kinds of certificate were exercised

@@ -148,8 +148,8 @@ def foolbox_photographs() -> list[tuple[str, np.ndarray]]:
 
 
 def distinct_sources(names) -> int:
-    """Number of distinct source photographs behind crop names ``photo[y0:y1,x0:x1]`` (flips and crops of one
-    photograph count once)."""
+    """Number of distinct source images behind image names: crops ``photo[y0:y1,x0:x1]`` (and flips) of one
+    photograph count once; every other name (a folder file, ``cifar10-train#12``, ``noise#3``) is its own source."""
     return len({str(nm).split("[", 1)[0] for nm in names})
 
 
@@ -234,7 +234,7 @@ def load_cifar10(path: str | os.PathLike, split: str = "train", n: int | None = 
     the default, checks the md5 of a python batch that has its official size; True always; False never).
     """
     s = read_cifar10(path, split, n, verify_md5)
-    return ImageSet(s.images, tuple(f"cifar10-{split}[{i}]" for i in range(len(s))), s.source, s.labels)
+    return ImageSet(s.images, tuple(f"cifar10-{split}#{i}" for i in range(len(s))), s.source, s.labels)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -251,7 +251,7 @@ def noise_images(n: int, size: int = 224, seed: int = 0) -> ImageSet:
         raise ConfigError(f"n_images={n!r} is out of range; allowed range: [1, inf) (an integer)")
     rng = np.random.default_rng(seed)
     return ImageSet(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                    tuple(f"noise[{i}]" for i in range(n)), f"i.i.d. uniform noise images (diagnostic), seed {seed}")
+                    tuple(f"noise#{i}" for i in range(n)), f"i.i.d. uniform noise images (diagnostic), seed {seed}")
 
 
 def load_images(source: str, n: int, size: int = 224, seed: int = 0) -> ImageSet:

