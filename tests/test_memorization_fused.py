@@ -86,3 +86,17 @@ def test_v1_mask_falls_back_to_autograd():
     m = BatchedMHA(n_ctx=3, d_in=6, n_heads=2, d_head=6, n_out=100, mask="v1", generators=model_generators([1]))
     res = memorize(m, ds, [1], TrainConfig(lr=1e-2, min_train_steps=20, train_epochs=0, eval_every=10))
     assert res.metrics[0]["steps_trained"] == 20
+
+
+def test_cached_data_check_equals_the_check_and_keys_on_the_data():
+    from vitheory.experiments import _memorization as MC
+    from vitheory.experiments.base import get_experiment, resolve_config
+    cfg = resolve_config(get_experiment("memorization-heads"), "smoke", {})
+    t = {"context": "shared", "H": 2, "n": 3, "d_head": 8, "T": 16, "seed": 0}
+    ds = MC.make_data(cfg, t)
+    direct = MC.check_data_assumptions(ds, cfg.check_subsets, 0)
+    assert MC.cached_data_check(cfg, t, ds) == direct
+    assert MC.cached_data_check(cfg, {**t, "H": 3}, ds) == direct          # same data set, other H: cached
+    other = {**t, "seed": 1}
+    assert MC.cached_data_check(cfg, other, MC.make_data(cfg, other)) == \
+        MC.check_data_assumptions(MC.make_data(cfg, other), cfg.check_subsets, 1)

@@ -206,6 +206,23 @@ def check_data_assumptions(data: MemorizationData, n_subsets: int, seed: int) ->
             "assumptions_ok": bool(a2.fraction == 1.0 and a1.fraction == 1.0)}
 
 
+_CHECKS: dict = {}          # (T, d, n, context, labels, n_classes, seed, subsets) -> check_data_assumptions(...)
+_CHECKS_MAX = 4096
+
+
+def cached_data_check(cfg: MemConfig, trial: dict, data: MemorizationData) -> dict:
+    """check_data_assumptions of the trial's data set, computed once per process: the data set depends only on
+    (T, d, n, context, labels, seed), not on H or d_h, so e.g. memorization-heads would otherwise repeat every
+    check once per H (issue 14).  The answer is the same; only repeated work is skipped."""
+    key = (trial["T"], cfg.d, trial["n"], trial["context"], cfg.labels, cfg.n_classes, trial["seed"],
+           cfg.check_subsets)
+    if key not in _CHECKS:
+        if len(_CHECKS) >= _CHECKS_MAX:
+            _CHECKS.clear()
+        _CHECKS[key] = check_data_assumptions(data, cfg.check_subsets, trial["seed"])
+    return dict(_CHECKS[key])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # running a batch of trials
 # ------------------------------------------------------------------------------------------------------------
@@ -235,7 +252,7 @@ def train_batch(cfg: MemConfig, trials: Sequence[dict], device: str, keep_best: 
         for t, ds in zip(trials, datasets):
             key = (t["T"], t["n"], t["context"], t["seed"])
             if key not in checks:
-                checks[key] = check_data_assumptions(ds, cfg.check_subsets, t["seed"])
+                checks[key] = cached_data_check(cfg, t, ds)
         model = build_models(cfg, trials, device)
         seeds = [t["seed"] for t in trials]
         res = memorize(model, datasets, seeds, cfg.train_config(), keep_best=keep_best)

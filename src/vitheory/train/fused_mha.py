@@ -129,10 +129,11 @@ class FusedMHA:
         logits, c = self.forward(q, ctx, cache=True)
         K, B, _ = q.shape
         cw = (weights / weights.sum(1, keepdim=True))[..., None] if weights is not None else 1.0 / B
-        if label_kind == "classification":
-            G = _softmax_(logits)                                                        # [K, B, C]
-            G.scatter_add_(-1, y[..., None], torch.full_like(logits[..., :1], -1.0))     # softmax - onehot
-            G.mul_(cw)
+        if label_kind == "classification":                                              # (softmax - onehot) cw
+            G = logits.sub_(logits.amax(-1, keepdim=True)).exp_()                        # [K, B, C]
+            G.mul_(cw / G.sum(-1, keepdim=True))
+            neg = (-cw).expand(K, B, 1) if torch.is_tensor(cw) else torch.full_like(G[..., :1], -cw)
+            G.scatter_add_(-1, y[..., None], neg.to(G.dtype))
         else:
             G = (logits - y[..., None]).mul_(2.0).mul_(cw)                               # [K, B, 1]
         return self._backward(G, c)
