@@ -100,3 +100,26 @@ def test_cached_data_check_equals_the_check_and_keys_on_the_data():
     other = {**t, "seed": 1}
     assert MC.cached_data_check(cfg, other, MC.make_data(cfg, other)) == \
         MC.check_data_assumptions(MC.make_data(cfg, other), cfg.check_subsets, 1)
+
+
+def test_early_stop_gives_the_capacities_of_the_full_run():
+    """Stopping a run at 100 % training accuracy (the default) measures the same capacities M = max_T acc x T as
+    training every run to its last step, with fewer steps."""
+    from vitheory.experiments import _memorization as MC
+    from vitheory.experiments.base import get_experiment, resolve_config
+    import pandas as pd
+    out = {}
+    for early in (True, False):
+        cfg = resolve_config(get_experiment("memorization-heads"), "smoke",
+                             {"early_stop": str(early).lower(), "T_shared": "8,16,32,64", "T_random": "8,16,32,64",
+                              "min_train_steps": "300", "heads": "1,3"})
+        trials = get_experiment("memorization-heads").trials(cfg)
+        rows = []
+        for key in dict.fromkeys(MC.group_key(t) for t in trials):
+            batch = [t for t in trials if MC.group_key(t) == key]
+            rows += [{**t, **r} for t, r in zip(batch, MC.run_trials(cfg, batch, "cpu"))]
+        out[early] = pd.DataFrame(rows)
+    a, b = (MC.capacity_table(out[e], "H") for e in (True, False))
+    pd.testing.assert_frame_equal(a, b)
+    assert out[True]["steps_trained"].sum() < out[False]["steps_trained"].sum()
+    assert (out[True]["early_stopped"]).any() and not out[False]["early_stopped"].any()

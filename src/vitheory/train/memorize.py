@@ -28,8 +28,11 @@ Batching (project choices):
   evaluation is still the one reported, as the reference's best checkpoint would be.
 * The final model is also evaluated after its last step (the reference only evaluates every 500 steps);
   both the best-checkpoint metrics and the final model's metrics are returned.
-* ``TrainConfig.attention="full"`` trains through the full (n+1) x (n+1) attention instead of the query row
-  (the same numbers up to rounding; used by the benchmark and a test).
+* ``TrainConfig.attention`` picks the kernel: ``"fused"`` (default; :mod:`vitheory.train.fused_mha`: hand-written
+  forward and backward of the query row, Adam on one flat parameter buffer -- far fewer tensor operations per
+  step), ``"query_row"`` (autograd through the query row, :class:`BatchedAdam`) or ``"full"`` (autograd through
+  the full (n+1) x (n+1) attention, the reference program's shape).  All three give the same numbers up to
+  rounding (tests); the v1 comparison mask always runs through autograd.
 """
 from __future__ import annotations
 
