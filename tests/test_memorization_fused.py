@@ -123,3 +123,12 @@ def test_early_stop_gives_the_capacities_of_the_full_run():
     pd.testing.assert_frame_equal(a, b)
     assert out[True]["steps_trained"].sum() < out[False]["steps_trained"].sum()
     assert (out[True]["early_stopped"]).any() and not out[False]["early_stopped"].any()
+
+
+def test_step_cap_below_the_minimum_is_refused():
+    from vitheory.config import ConfigError
+    from vitheory.experiments.base import get_experiment, resolve_config
+    with pytest.raises(ConfigError, match="max_train_steps=500 is below min_train_steps=1000"):
+        resolve_config(get_experiment("memorization-heads"), "default", {"max_train_steps": "500"})
+    cfg = resolve_config(get_experiment("memorization-heads"), "default", {"max_train_steps": "0"})
+    assert cfg.max_train_steps == 0 and cfg.train_config().max_train_steps is None

@@ -67,10 +67,12 @@ class MemConfig:
     lr: float = knob(1e-2, "Adam learning rate (the paper: 1e-3 with >= 50k steps)", project_choice=True)
     batch_size: int = knob(256, "minibatch size")
     train_epochs: int = knob(500, "train_steps = max(train_epochs * T // batch_size, min_train_steps)")
-    min_train_steps: int = knob(2_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation); the "
-                                "default is the smallest budget at which the claims' verdicts were decided "
+    min_train_steps: int = knob(1_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation); the "
+                                "default is the smallest budget measured to decide the claims' verdicts "
                                 "(docs/benchmarks.md, issue 14)", project_choice=True)
-    max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
+    max_train_steps: int = knob(1_000, "cap on the steps per run; 0 = no cap (the paper's 500-epoch rule then "
+                                "lengthens runs with large T); the default caps every run at min_train_steps",
+                                project_choice=True)
     eval_every: int = knob(100, "steps between evaluations on the whole training set (the paper: 500); also "
                            "the early-stop granularity", project_choice=True)
     early_stop: bool = knob(True, "stop a classification run at 100 % training accuracy")
@@ -104,6 +106,9 @@ class MemConfig:
         check_range("train_epochs", self.train_epochs, 0, 1_000_000)
         check_range("min_train_steps", self.min_train_steps, 1, 100_000_000)
         check_range("max_train_steps", self.max_train_steps, 0, 100_000_000)
+        if 0 < self.max_train_steps < self.min_train_steps:
+            raise ConfigError(f"max_train_steps={self.max_train_steps} is below min_train_steps="
+                              f"{self.min_train_steps}; allowed: 0 (no cap) or >= min_train_steps")
         check_range("eval_every", self.eval_every, 1, 100_000_000)
         check_choice("score_scale", self.score_scale, ("d_model", "d_head"))
         check_choice("mask", self.mask, ("v2", "v1"))
@@ -446,7 +451,7 @@ def regression_claims(df: pd.DataFrame, x: str, what: str, claim_id: str = "C10"
 SMOKE = {"d": 8, "T_shared": (8, 16, 32), "T_random": (8, 16, 32), "seeds": 1, "min_train_steps": 60,
          "eval_every": 20, "batch_size": 64, "check_subsets": 50}
 #: the official code's setting (reproduce.sh) shared by the paper scale of every memorization experiment (a GPU)
-PAPER = {"d": 64, "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "eval_every": 500,
+PAPER = {"d": 64, "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "max_train_steps": 0, "eval_every": 500,
          "check_subsets": 5000, "threads": 0, "max_models": 8}
 
 

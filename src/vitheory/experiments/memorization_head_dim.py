@@ -42,6 +42,7 @@ class Config(C.MemConfig):
     T_shared: tuple[int, ...] = knob((100, 150, 200, 300, 400, 600), "grid of T, shared context", project_choice=True)
     T_random: tuple[int, ...] = knob((200, 300, 400, 600, 800, 1200), "grid of T, random contexts", project_choice=True)
     min_train_steps: int = knob(3_000, "minimum steps per run (the paper: 300k)", project_choice=True)
+    max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
     rho_min: float = knob(0.9, "Spearman rho needed over d_h <= n (proposed)", project_choice=True)
     plateau_tol: float = knob(0.05, "largest relative change allowed beyond n (proposed)", project_choice=True)
     knee_lo: float = knob(0.75, "knee must lie in [knee_lo n, knee_hi n] (proposed)", project_choice=True)

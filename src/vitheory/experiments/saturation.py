@@ -39,6 +39,7 @@ class Config(C.MemConfig):
     early_stop: bool = knob(False, "stop at 100 % training accuracy (the paper's saturation runs do not)")
     min_train_steps: int = knob(3_000, "minimum steps per run (the paper: 300k); 3000 decides C11 at the default "
                                 "scale (docs/benchmarks.md)", project_choice=True)
+    max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
     threshold: float = knob(C.SATURATION_THRESHOLD, "a head is saturated when its max attention weight exceeds this")
     share_min: float = knob(0.5, "share of saturated (example, head) pairs needed for C11 (proposed)", project_choice=True)
     examples_min: float = knob(0.5, "share of examples with >= 1 saturated head needed for C11 (proposed)", project_choice=True)
