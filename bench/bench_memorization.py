@@ -53,8 +53,9 @@ def run(cfg, trials, attention: str, steps: int, device: str, repeat: int = 1) -
     for _ in range(repeat):
         t_long = _train_seconds(cfg, trials, attention, steps, device)
         t_one = _train_seconds(cfg, trials, attention, 1, device)
-        best = min(best, max(t_long - t_one, 1e-9) * steps / (steps - 1))
-    return best
+        if t_long > t_one:
+            best = min(best, (t_long - t_one) * steps / (steps - 1))
+    return best if best < float("inf") else float("nan")   # nan: too few steps to see past the timing noise
 
 
 def main(argv=None) -> int:
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
                         "at the paper setting takes minutes per step")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (the step time is a steps-long run minus a 1-step run)")
     torch.set_num_threads(args.threads)
     cfg = resolve_config(get_experiment("memorization-heads"), args.scale,
                          {"contexts": args.contexts, "heads": str(args.H), "threads": str(args.threads),
