@@ -253,7 +253,7 @@ def test_bad_common_input_names_the_parameter(name, override, param):
     ("memorization-context", {"ns": "2,16"}, "ns", "[1, 15]"),
     ("memorization-context", {"H": 0}, "H", "[1, 4096]"),
     ("memorization-head-dim", {"d_heads": "0,4"}, "d_heads", "[1, 4096]"),
-    ("memorization-head-dim", {"n": 0}, "n", "[1, 15]"),
+    ("memorization-head-dim", {"n": 0}, "n", "[1, 31]"),
     ("saturation", {"heads": "4,8,16"}, "T_shared", "one T per value of heads"),
     ("saturation", {"threshold": 1.0}, "threshold", "(0.0, 1.0)"),
 ])
@@ -312,7 +312,7 @@ def test_context_and_head_dim_analysis_rules():
     assert [c for c in down.claims if c.id == "C8-shared"][0].supported is False
 
     cfg = resolve_config(get_experiment("memorization-head-dim"), "default",
-                         {"contexts": "shared", "T_shared": "50,100,200,400"})
+                         {"contexts": "shared", "T_shared": "50,100,200,400", "d": "16", "n": "8"})
     dh = (1, 2, 4, 6, 8, 10, 12, 16)
     knee = ED.analyze(cfg, _fake_df(("d_head", dh), [20 * min(v, 8) + 20 for v in dh]))
     verdicts = {c.id: c.supported for c in knee.claims}

@@ -67,9 +67,14 @@ class MemConfig:
     lr: float = knob(1e-2, "Adam learning rate (the paper: 1e-3 with >= 50k steps)", project_choice=True)
     batch_size: int = knob(256, "minibatch size")
     train_epochs: int = knob(500, "train_steps = max(train_epochs * T // batch_size, min_train_steps)")
-    min_train_steps: int = knob(10_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation)", project_choice=True)
-    max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
-    eval_every: int = knob(250, "steps between evaluations on the whole training set (the paper: 500)", project_choice=True)
+    min_train_steps: int = knob(1_000, "minimum steps per run (the paper: 50k; 300k for d_h and saturation); the "
+                                "default is the smallest budget measured to decide the claims' verdicts "
+                                "(docs/benchmarks.md, issue 14)", project_choice=True)
+    max_train_steps: int = knob(1_000, "cap on the steps per run; 0 = no cap (the paper's 500-epoch rule then "
+                                "lengthens runs with large T); the default caps every run at min_train_steps",
+                                project_choice=True)
+    eval_every: int = knob(100, "steps between evaluations on the whole training set (the paper: 500); also "
+                           "the early-stop granularity", project_choice=True)
     early_stop: bool = knob(True, "stop a classification run at 100 % training accuracy")
     score_scale: Literal["d_model", "d_head"] = knob("d_model", "attention scores divided by sqrt(d) or sqrt(d_h)")
     mask: Literal["v2", "v1"] = knob("v2", "v2: the query is excluded as a key (-inf); v1: the arXiv-v1 bug, "
@@ -92,10 +97,8 @@ class MemConfig:
         check_choice("labels", self.labels, LABEL_KINDS)
         check_range("n_classes", self.n_classes, 2, 100_000)
         check_range("d_v", self.d_v, 1, 4096)
-        if "shared" in self.contexts:
-            check_all_in_range("T_shared", self.T_shared, 1, 100_000_000)
-        if "random" in self.contexts:
-            check_all_in_range("T_random", self.T_random, 1, 100_000_000)
+        check_all_in_range("T_shared", self.T_shared, 1, 100_000_000)      # both grids, whichever contexts run
+        check_all_in_range("T_random", self.T_random, 1, 100_000_000)
         check_range("seeds", self.seeds, 1, 10_000)
         check_range("seed", self.seed, 0, 2 ** 62)
         check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
@@ -103,6 +106,9 @@ class MemConfig:
         check_range("train_epochs", self.train_epochs, 0, 1_000_000)
         check_range("min_train_steps", self.min_train_steps, 1, 100_000_000)
         check_range("max_train_steps", self.max_train_steps, 0, 100_000_000)
+        if 0 < self.max_train_steps < self.min_train_steps:
+            raise ConfigError(f"max_train_steps={self.max_train_steps} is below min_train_steps="
+                              f"{self.min_train_steps}; allowed: 0 (no cap) or >= min_train_steps")
         check_range("eval_every", self.eval_every, 1, 100_000_000)
         check_choice("score_scale", self.score_scale, ("d_model", "d_head"))
         check_choice("mask", self.mask, ("v2", "v1"))
@@ -206,6 +212,23 @@ def check_data_assumptions(data: MemorizationData, n_subsets: int, seed: int) ->
             "assumptions_ok": bool(a2.fraction == 1.0 and a1.fraction == 1.0)}
 
 
+_CHECKS: dict = {}          # (T, d, n, context, labels, n_classes, seed, subsets) -> check_data_assumptions(...)
+_CHECKS_MAX = 4096
+
+
+def cached_data_check(cfg: MemConfig, trial: dict, data: MemorizationData) -> dict:
+    """check_data_assumptions of the trial's data set, computed once per process: the data set depends only on
+    (T, d, n, context, labels, seed), not on H or d_h, so e.g. memorization-heads would otherwise repeat every
+    check once per H (issue 14).  The answer is the same; only repeated work is skipped."""
+    key = (trial["T"], cfg.d, trial["n"], trial["context"], cfg.labels, cfg.n_classes, trial["seed"],
+           cfg.check_subsets)
+    if key not in _CHECKS:
+        if len(_CHECKS) >= _CHECKS_MAX:
+            _CHECKS.clear()
+        _CHECKS[key] = check_data_assumptions(data, cfg.check_subsets, trial["seed"])
+    return dict(_CHECKS[key])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # running a batch of trials
 # ------------------------------------------------------------------------------------------------------------
@@ -235,7 +258,7 @@ def train_batch(cfg: MemConfig, trials: Sequence[dict], device: str, keep_best: 
         for t, ds in zip(trials, datasets):
             key = (t["T"], t["n"], t["context"], t["seed"])
             if key not in checks:
-                checks[key] = check_data_assumptions(ds, cfg.check_subsets, t["seed"])
+                checks[key] = cached_data_check(cfg, t, ds)
         model = build_models(cfg, trials, device)
         seeds = [t["seed"] for t in trials]
         res = memorize(model, datasets, seeds, cfg.train_config(), keep_best=keep_best)
@@ -428,7 +451,7 @@ def regression_claims(df: pd.DataFrame, x: str, what: str, claim_id: str = "C10"
 SMOKE = {"d": 8, "T_shared": (8, 16, 32), "T_random": (8, 16, 32), "seeds": 1, "min_train_steps": 60,
          "eval_every": 20, "batch_size": 64, "check_subsets": 50}
 #: the official code's setting (reproduce.sh) shared by the paper scale of every memorization experiment (a GPU)
-PAPER = {"d": 64, "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "eval_every": 500,
+PAPER = {"d": 64, "seeds": 1, "lr": 1e-3, "min_train_steps": 50_000, "max_train_steps": 0, "eval_every": 500,
          "check_subsets": 5000, "threads": 0, "max_models": 8}
 
 

@@ -32,6 +32,9 @@ class Config(C.MemConfig):
     H: int = knob(4, "number of heads")
     d_head: int | None = knob(None, "head (key/query) dimension d_h; None = d")
     rho_min: float = knob(0.9, "Spearman rho(n, M) needed for claim C8 (proposed threshold)", project_choice=True)
+    min_train_steps: int = knob(2_000, "minimum steps per run (the paper: 50k); at 1000 steps C8-random was not "
+                                "supported (rho 0.829; docs/benchmarks.md)", project_choice=True)
+    max_train_steps: int = knob(2_000, "cap on the steps per run; 0 = no cap", project_choice=True)
 
     def validate(self) -> None:
         super().validate()

@@ -11,8 +11,8 @@ the grid was fitted at 100 %, so M is only a lower bound).  M(H_max)/M(H_min) is
 H_max/H_min that exact proportionality would give.  With ``labels=regression`` the claim is C10 instead: the
 training MSE at every T decreases with H.
 
-Scales: ``default`` (2 CPU cores, d=16, n=8, H in {1,2,4,6,8}, T up to 1600 shared / 3200 random, 10k steps at
-lr 1e-2) tests the same law on a grid calibrated so that the capacities fall inside the T grids; ``paper`` is
+Scales: ``default`` (2 CPU cores, d=16, n=8, H in {1,2,4,6,8}, T up to 1600 shared / 3200 random, 2000
+steps (the smallest budget measured to decide C7, docs/benchmarks.md) at lr 1e-2) tests the same law on a grid calibrated so that the capacities fall inside the T grids; ``paper`` is
 the official grid (d=64, n=32, H in {1,5,...,60}, T grids of reproduce.sh, lr 1e-3, >= 50k steps) for a GPU.
 """
 from __future__ import annotations

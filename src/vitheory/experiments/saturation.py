@@ -37,6 +37,9 @@ class Config(C.MemConfig):
     T_shared: tuple[int, ...] = knob((200, 400), "T for each H, shared context", project_choice=True)
     T_random: tuple[int, ...] = knob((300, 700), "T for each H, random contexts", project_choice=True)
     early_stop: bool = knob(False, "stop at 100 % training accuracy (the paper's saturation runs do not)")
+    min_train_steps: int = knob(3_000, "minimum steps per run (the paper: 300k); 3000 decides C11 at the default "
+                                "scale (docs/benchmarks.md)", project_choice=True)
+    max_train_steps: int = knob(0, "cap on the steps per run; 0 = no cap")
     threshold: float = knob(C.SATURATION_THRESHOLD, "a head is saturated when its max attention weight exceeds this")
     share_min: float = knob(0.5, "share of saturated (example, head) pairs needed for C11 (proposed)", project_choice=True)
     examples_min: float = knob(0.5, "share of examples with >= 1 saturated head needed for C11 (proposed)", project_choice=True)

@@ -28,8 +28,11 @@ Batching (project choices):
   evaluation is still the one reported, as the reference's best checkpoint would be.
 * The final model is also evaluated after its last step (the reference only evaluates every 500 steps);
   both the best-checkpoint metrics and the final model's metrics are returned.
-* ``TrainConfig.attention="full"`` trains through the full (n+1) x (n+1) attention instead of the query row
-  (the same numbers up to rounding; used by the benchmark and a test).
+* ``TrainConfig.attention`` picks the kernel: ``"fused"`` (default; :mod:`vitheory.train.fused_mha`: hand-written
+  forward and backward of the query row, Adam on one flat parameter buffer -- far fewer tensor operations per
+  step), ``"query_row"`` (autograd through the query row, :class:`BatchedAdam`) or ``"full"`` (autograd through
+  the full (n+1) x (n+1) attention, the reference program's shape).  All three give the same numbers up to
+  rounding (tests); the v1 comparison mask always runs through autograd.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from vitheory.data.memorization import MemorizationData, StackedData, stack_data
 from vitheory.seeding import derive_seed
 from vitheory.models.mha import BatchedMHA
+from vitheory.train.fused_mha import FusedMHA
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class TrainConfig:
     eval_every: int = 500
     early_stop: bool = True           # classification only
     eval_chunk: int = 4096            # examples per model per evaluation forward pass
-    attention: str = "query_row"      # "query_row" (fast path) or "full" ((n+1)x(n+1) attention; benchmarks)
+    attention: str = "fused"          # "fused" (hand-fused query row, default), "query_row" (autograd through the
+                                      # query row) or "full" ((n+1)x(n+1) attention, autograd; benchmarks, tests)
 
 
 def train_steps(T: int, cfg: TrainConfig) -> int:
@@ -166,16 +171,18 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, label_kind: str
     return (logits[..., 0] - labels) ** 2
 
 
-def forward_fn(model: BatchedMHA, attention: str):
-    if attention == "query_row":
+def forward_fn(model, attention: str):
+    if isinstance(model, FusedMHA):
+        return model.forward
+    if attention in ("query_row", "fused"):
         return model.forward_query_row
     if attention == "full":
         return model.forward_full
-    raise ValueError(f"attention={attention!r}; choose one of query_row, full")
+    raise ValueError(f"attention={attention!r}; choose one of fused, query_row, full")
 
 
 @torch.no_grad()
-def evaluate(model: BatchedMHA, data: StackedData, chunk: int = 4096,
+def evaluate(model, data: StackedData, chunk: int = 4096,
              attention: str = "query_row") -> tuple[torch.Tensor, torch.Tensor]:
     """Training-set loss and accuracy of every model: ([K], [K]) (accuracy NaN for regression)."""
     K, T_max = data.queries.shape[:2]
@@ -234,8 +241,13 @@ def memorize(model: BatchedMHA, datasets: Sequence[MemorizationData], seeds: Seq
     history: list[list[tuple[int, float, float]]] = [[] for _ in range(K)]
 
     active = torch.arange(K)                           # original index of each row of the working model
-    work = model.take(range(K))
-    opt = BatchedAdam(dict(work.named_parameters()), cfg.betas, cfg.eps)
+    fused = cfg.attention == "fused" and model.mask == "v2"     # the v1 comparison mask runs through autograd
+    if fused:
+        work = FusedMHA(model, betas=cfg.betas, eps=cfg.eps)   # parameters and Adam state in one buffer
+        opt = None
+    else:
+        work = model.take(range(K))
+        opt = BatchedAdam(dict(work.named_parameters()), cfg.betas, cfg.eps)
     step, model_steps = 0, 0
     total_max = int(totals.max())
     while True:
@@ -269,7 +281,8 @@ def memorize(model: BatchedMHA, datasets: Sequence[MemorizationData], seeds: Seq
                 keep_d = keep.to(device)
                 data = data.take(keep_d)
                 work = work.take(keep_d)
-                opt = opt.take(keep_d, dict(work.named_parameters()))
+                if opt is not None:
+                    opt = opt.take(keep_d, dict(work.named_parameters()))
                 streams = [streams[i] for i in keep.tolist()]
         # ---- one chunk of steps, up to the next evaluation point ------------------------------------------
         next_eval = min((step // cfg.eval_every + 1) * cfg.eval_every,
@@ -282,6 +295,9 @@ def memorize(model: BatchedMHA, datasets: Sequence[MemorizationData], seeds: Seq
         forward = forward_fn(work, cfg.attention)
         for i in range(n_steps):
             q, ctx, y = data.gather(rows[:, i])
+            if fused:
+                work.step(q, ctx, y, None if weights is None else weights[:, i], label_kind, lr_k[i])
+                continue
             logits = forward(q, ctx)
             per_ex = per_example_loss(logits, y, label_kind)                    # [K_act, B]
             if weights is None:
@@ -308,7 +324,10 @@ def _num(x: torch.Tensor) -> float | None:
 
 
 @torch.no_grad()
-def _write_rows(dst: BatchedMHA, src: BatchedMHA, src_rows: list[int], dst_rows: list[int]) -> None:
+def _write_rows(dst: BatchedMHA, src, src_rows: list[int], dst_rows: list[int]) -> None:
+    if isinstance(src, FusedMHA):
+        src.write_rows(dst, src_rows, dst_rows)
+        return
     s = torch.as_tensor(src_rows, dtype=torch.long, device=src.W_E.device)
     d = torch.as_tensor(dst_rows, dtype=torch.long, device=dst.W_E.device)
     src_params = dict(src.named_parameters())
