@@ -48,7 +48,7 @@ class FusedShallowViTStep:
         self.S = torch.empty(G * B, L, L, **kw)          # scores, then P (softmax in place)
         self.z = torch.empty(G, BL, dv, **kw)            # P V
         self.h = torch.empty(G, BL, m, **kw)             # u, then ReLU(u) in place, then dU in place
-        self.t = torch.empty(G, BL, 1, **kw)             # a^T ReLU(u_l)
+        self.t = torch.empty(G, 1, BL, **kw)             # a^T ReLU(u_l)
         self.dz = torch.empty(G, BL, dv, **kw)
         self.dP = torch.empty(G * B, L, L, **kw)
         self.dqkv = torch.empty(G, B, L, e, **kw)        # [dQ dK dV]
@@ -91,7 +91,7 @@ class FusedShallowViTStep:
         z = torch.bmm(Pm, v, out=self.z[:G].view(G * B, L, dv)).view(G, BL, dv)
         h = torch.bmm(z, W_O.transpose(1, 2), out=self.h[:G])                   # u [G, BL, m]
         h.relu_()
-        t = torch.bmm(h, a.unsqueeze(-1), out=self.t[:G])                         # [G, BL, 1]
+        t = torch.bmm(a.unsqueeze(1), h.transpose(1, 2), out=self.t[:G])         # [G, 1, BL]
         torch.mean(t.view(G, B, L), dim=-1, out=F_all[g0:g1])                   # F [G, B]
         # dObjective/dF by autograd on the [K_act, B] loss only (the loss's own derivative, hinge or logistic).
         # It runs on all K_act rows (those of later groups are placeholders; the map is elementwise): torch's
@@ -101,11 +101,11 @@ class FusedShallowViTStep:
             Fl = F_all.detach().requires_grad_(True)
             (cF,) = torch.autograd.grad(self.loss_fn(y * Fl).mean(dim=1).sum(), Fl)
         cF = cF[g0:g1]
-        g_t = cF.unsqueeze(-1).expand(G, B, L).div(L).reshape(G, BL, 1)        # MeanBackward: grad / L
-        if da is not None:                                                      # da = ReLU(u)^T g_t
-            torch.bmm(h.transpose(1, 2), g_t, out=da.unsqueeze(-1))
+        g_t = cF.unsqueeze(-1).expand(G, B, L).div(L).reshape(G, 1, BL)        # MeanBackward: grad / L
+        if da is not None:                                                      # da = g_t^T ReLU(u)
+            torch.bmm(g_t, h, out=da.unsqueeze(1))
         # dU = (g_t a^T) * 1[u > 0]: ReLU(u) >= 0, so sign() is the 0/1 mask (NaN stays NaN)
-        dU = h.sign_().mul_(g_t).mul_(a.unsqueeze(1))                           # [G, BL, m]
+        dU = h.sign_().mul_(g_t.view(G, BL, 1)).mul_(a.unsqueeze(1))            # [G, BL, m]
         # dW_O [G, m, dv] as autograd forms it: (z^T dU)^T
         dW_O.copy_(torch.bmm(z.transpose(1, 2), dU).transpose(1, 2))
         dz = torch.bmm(dU, W_O, out=self.dz[:G]).view(G * B, L, dv)
