@@ -7,7 +7,8 @@ Trainer: ``train_hinge_sgd`` on K models of the sample-complexity default size (
 every step), timed as it runs in the experiments; its FLOPs are the matrix products (forward and backward)
 counted with torch's FLOP formulas (``torch.utils.flop_counter``) in a separate, untimed run of the same training.
 Elementwise work (softmax, hinge, updates) is not counted, so the fraction is a floor of the useful rate.
-``--autograd``: the trainer's autograd path (``fused=False``) instead of its hand-written backward (train/fused.py).
+``--autograd``: the trainer's autograd path (``fused=False``) instead of its hand-written backward (train/fused.py);
+without it the trainer is called exactly as the experiments call it (so this script also times older checkouts).
 Both sides are also timed in process CPU time (one thread: the CPU the process got), printed before the wall-clock
 fraction: on a machine shared with other jobs the wall-clock fraction compares a best-of-5 sgemm against one long
 training run, so it moves with the load; the CPU-time fraction moves less.
@@ -68,7 +69,7 @@ def trainer(K: int, steps: int, fused: bool = True) -> tuple[float, float, float
     def run():
         model, X, y, n, lr, gens = _setup(cfg, trials)
         return model, (lambda: train_hinge_sgd(model, X, y, n, steps=steps, batch=cfg.batch, lr=lr, generators=gens,
-                                                    fused=fused))
+                                                    **({} if fused else {"fused": False})))
     _, train = run()
     counter = FlopCounter()
     with counter:
@@ -89,7 +90,7 @@ def main() -> None:
     peak, peak_cpu = sgemm_gflops(a.n)
     gflop, sec, cpu = trainer(a.K, a.steps, fused=not a.autograd)
     rate = gflop / sec
-    print(f"torch threads: {torch.get_num_threads()}; trainer path: {'autograd' if a.autograd else 'fused'}")
+    print(f"torch threads: {torch.get_num_threads()}; trainer path: {'autograd (fused=False)' if a.autograd else 'default (as the experiments call it)'}")
     print(f"sgemm [{a.n}x{a.n}]@[{a.n}x{a.n}]: {peak:.1f} GFLOP/s ({peak_cpu:.1f} per CPU second)")
     print(f"trainer: K={a.K} models x {a.steps} steps, {gflop:.2f} GFLOP of matrix products in {sec:.2f} s "
           f"({cpu:.2f} CPU s): {rate:.1f} GFLOP/s ({gflop / cpu:.1f} per CPU second)")
