@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-# Models per group [project choice: measured with `python bench/peak.py`, docs/benchmarks.md]
+# Models per group [project choice: 8, 16 and 32 measured alike, 4 slower, `python bench/bench_shallow.py fused`;
+# docs/benchmarks.md]
 GROUP = 8
 
 
