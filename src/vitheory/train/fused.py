@@ -5,7 +5,7 @@ The objective of one step (train/sgd.py) is  sum_k (1/B) sum_b loss(y_kb F_k(X_k
     F(X) = (1/L) sum_l a^T ReLU(u_l),   u_l = W_O z_l,   z_l = sum_s P_ls W_V x_s,
     P_l. = softmax_s(x_s^T W_K^T W_Q x_l [/ sqrt(d_k)]).
 
-Its gradients, with c_kb = dObjective/dF_kb (the loss derivative, by autograd on the [G, B] loss alone) and
+Its gradients, with c_kb = dObjective/dF_kb (the loss derivative, by autograd on the [K_act, B] loss alone) and
 g_t = c / L for every token l:
 
     dU = (g_t a^T) * 1[u > 0]                      [G, B L, m]
@@ -14,8 +14,9 @@ g_t = c / L for every token l:
     dQ = dS K,  dK = dS^T Q,  d[W_Q; W_K; W_V] = [dQ, dK, dV]^T X.
 
 Every product is the same ``torch.bmm`` (same operands, same layout) that autograd runs for the model's forward,
-and every elementwise step the same operation, so the gradients equal autograd's (tests/test_fused.py checks
-them to float32 rounding, and the stored experiment metrics are unchanged: docs/benchmarks.md).  What differs
+and every elementwise step the same operation, so the gradients equal autograd's bit for bit (tests/test_fused.py
+checks them to float32 rounding, and whole trainings give identical parameters; docs/benchmarks.md has the golden
+check of the stored experiment metrics).  What differs
 is the cost: the models are processed ``group`` at a time, so a group's activations ([G, B, L, m] and the
 gathered mini-batch) stay in cache between the forward and the backward, all buffers are allocated once and
 reused every step, the rank-1 product g_t a^T is an elementwise product instead of a bmm, and the three slices
