@@ -10,6 +10,9 @@
         the two choices quoted in train/sgd.py, at K = 220 models of the default size: evaluation forward
         passes in chunks of 256 vs 16 samples (ViT and CNN), and the mini-batch gather into fresh memory
         vs into a reused buffer.
+    python bench/bench_shallow.py fused [--groups 0,8,16,32] [--K 220]
+        best CPU time per training step (6 repeats of 3 steps) of the autograd path (group 0) and of the
+        hand-written backward of train/fused.py with that many models per group, K models of the default size.
     python bench/bench_shallow.py grid [--scale paper] [--set key=value ...]
         the sample-complexity grid (Figure 1a; --experiment cnn-sample-complexity for Figure 1b) end to
         end through the public API, in a temporary run folder (or --out).
@@ -154,6 +157,27 @@ def bench_kernels(K: int = 220) -> None:
           f"{flops / bwd / 1e9:.0f} GFLOP/s; one [256x256]@[256x9600] GEMM {2 * 256 * 256 * 9600 / big / 1e9:.0f} GFLOP/s")
 
 
+def bench_fused(groups: list[int], K: int = 220, steps: int = 3, repeats: int = 6) -> None:
+    import vitheory.train.fused as fused_mod
+    cfg = build_config(SCConfig, {"steps": steps, "eval_every": 0})
+    trials = [{"model": "vit", "alpha_star": (4 + (k % 11)) ** -0.5, "N": 40 * (1 + k % 10), "seed": k}
+              for k in range(K)]
+    model, X, y, n, lr, gens = _setup(cfg, trials)
+    best = {g: float("inf") for g in groups}
+    default = fused_mod.GROUP
+    try:
+        for _ in range(repeats):
+            for g in groups:
+                fused_mod.GROUP = g or default
+                t0 = time.process_time()
+                train_hinge_sgd(model, X, y, n, steps=steps, batch=cfg.batch, lr=lr, generators=gens, fused=g > 0)
+                best[g] = min(best[g], (time.process_time() - t0) / steps)
+    finally:
+        fused_mod.GROUP = default
+    print(f"K={K}, best CPU ms per step over {repeats} x {steps} steps, torch threads={torch.get_num_threads()}: "
+          + ", ".join(f"{'autograd' if g == 0 else f'fused G={g}'} {v * 1e3:.0f}" for g, v in best.items()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="what", required=True)
@@ -166,6 +190,9 @@ def main(argv=None) -> int:
     c.add_argument("--scale", default="paper")
     c.add_argument("--set", action="append", default=[])
     sub.add_parser("kernels")
+    f = sub.add_parser("fused")
+    f.add_argument("--groups", default="0,8,16,32", help="models per group; 0 = the autograd path")
+    f.add_argument("--K", type=int, default=220)
     g = sub.add_parser("grid")
     g.add_argument("--scale", default="paper")
     g.add_argument("--set", action="append", default=[])
@@ -175,6 +202,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "batched":
         bench_batched(args.K, args.steps, args.set)
+    elif args.what == "fused":
+        bench_fused([int(g) for g in args.groups.split(",")], args.K)
     elif args.what == "kernels":
         bench_kernels()
     elif args.what == "batch":

@@ -307,6 +307,10 @@ def test_clopper_pearson():
     assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 20))
     lo, hi = clopper_pearson(50, 100)
     assert lo < 0.5 < hi and hi - lo < 0.25
+    from scipy.stats import beta                      # the same quantiles as scipy.stats' Beta ppf
+    for s_, n, lev in [(1, 7, 0.9), (4725, 5000, 0.95), (3, 10 ** 6, 0.99)]:
+        a = 1 - lev
+        assert clopper_pearson(s_, n, lev) == (beta.ppf(a / 2, s_, n - s_ + 1), beta.ppf(1 - a / 2, s_ + 1, n - s_))
 
 
 def test_curve_is_exact_where_it_can_be_and_unbiased_elsewhere():
@@ -334,6 +338,7 @@ def test_sampled_bad_arguments():
     for kw, msg in [({"k": 0}, "k=0"), ({"k": 11}, "k=11"), ({"k": 2, "n_subsets": 0}, "n_subsets"),
                     ({"k": 2, "mode": "fast"}, "mode"), ({"k": 2, "ci_level": 1.5}, "ci_level"),
                     ({"k": 2, "subsets": np.array([[0, 0]])}, "repeated"),
+                    ({"k": 3, "subsets": np.array([[0, 1, 2], [4, 2, 4]])}, "repeated"),
                     ({"k": 2, "subsets": np.array([[0, 10]])}, "outside"),
                     ({"k": 2, "device": "nonsense"}, "device")]:
         with pytest.raises(ConfigError, match=msg):

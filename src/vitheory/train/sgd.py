@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 import vitheory.progress as progress
+from vitheory.models.shallow_vit import ShallowViT
+from vitheory.train.fused import FusedShallowViTStep
 
 
 def hinge(yF: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,7 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
                     eval_every: int = 0, callback: Callable[[int, nn.Module], None] | None = None,
                     callback_every: int = 0, lr_scale: dict[str, float] | None = None,
                     loss: str = "hinge", model_steps: torch.Tensor | None = None,
-                    stop_at_fit: bool = False) -> TrainResult:
+                    stop_at_fit: bool = False, fused: bool = True) -> TrainResult:
     """Train the K models of ``model`` on padded data X [K, Nmax, L, d], y [K, Nmax]; N_k = n[k].
 
     ``eval_every`` > 0: every that many steps, each model's full training error is recorded
@@ -91,6 +93,9 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     ``model_steps`` [K]: model k takes at most that many steps (its result is final after them); None: ``steps``.
     ``stop_at_fit``: a model stops at the first evaluation with zero training error (when only ``fit_step`` is
     read, e.g. iterations to fit: the steps after it are not computed).
+    ``fused``: for a ``ShallowViT``, the gradients come from the hand-written forward + backward of train/fused.py
+    (the same products and elementwise steps as autograd, so the same numbers; tests/test_fused.py), a group of
+    models at a time; False: autograd on the whole batch.
     """
     loss_fn = LOSSES[loss]
     K, Nmax = y.shape
@@ -108,7 +113,13 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     # mini-batches are gathered into one reused buffer: gathering into fresh memory every step was
     # 8-30x slower here (`python bench/bench_shallow.py kernels`)
     X_rows = X.reshape(K * Nmax, -1)                                                 # [K Nmax, L d]
-    xb_buf = torch.empty(K * batch, X_rows.shape[1], device=device, dtype=X.dtype)
+    xb_buf = None if fused and isinstance(model, ShallowViT) else \
+        torch.empty(K * batch, X_rows.shape[1], device=device, dtype=X.dtype)
+
+    fused_step = None
+    if fused and isinstance(model, ShallowViT):
+        fused_step = FusedShallowViTStep(model.cfg, X.shape[2], X.shape[3], batch, loss_fn, device=device,
+                                         dtype=X.dtype)
 
     last_err = torch.zeros(K)
     done = torch.zeros(K, dtype=torch.bool)
@@ -169,13 +180,20 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
                                      for k, g in enumerate(generators)]).to(device)   # [K, length, B]
         idx = idx_chunk[active, step % chunk_steps]                                     # [K_act, B]
         flat = (active[:, None] * Nmax + idx).flatten()                                 # rows of X_rows
-        xb = torch.index_select(X_rows, 0, flat, out=xb_buf[:len(flat)]).view(len(active), batch, *X.shape[2:])
         yb = y.view(-1)[flat].view(len(active), batch)
         everyone = len(active) == K
-        # while every model is active, differentiate the parameters in place (no gather/scatter copies)
-        sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable)) for k, v in full.items()}
-        objective = loss_fn(yb * model(xb, sub)).mean(dim=1).sum()
-        grads = torch.autograd.grad(objective, [sub[k] for k in trainable])
+        if fused_step is not None:      # the mini-batch is gathered group by group inside
+            with torch.no_grad():
+                sub = {k: (v if everyone else v[active]) for k, v in full.items()}
+                g_ = fused_step.grads(X_rows, flat, yb, sub, "a" in trainable)
+            grads = [g_[k] for k in trainable]
+        else:
+            xb = torch.index_select(X_rows, 0, flat, out=xb_buf[:len(flat)]).view(len(active), batch, *X.shape[2:])
+            # while every model is active, differentiate the parameters in place (no gather/scatter copies)
+            sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable))
+                                         for k, v in full.items()}
+            objective = loss_fn(yb * model(xb, sub)).mean(dim=1).sum()
+            grads = torch.autograd.grad(objective, [sub[k] for k in trainable])
         with torch.no_grad():
             lr_a = lr if everyone else lr[active]
             for k, g_ in zip(trainable, grads):
