@@ -259,6 +259,12 @@ def build_combined_report(root: str | os.PathLike) -> Path:
     total = f"{sum(known):.1f} s" + ("" if len(known) == len(walls) else f" (known for {len(known)} of {len(walls)})")
     timing = [(f"{name} ({scale})", "not recorded" if w is None else f"{w:.1f} s") for name, w, scale in walls]
     timing.append(("all experiments", total))
+    spans = [summarize(read_provenance(d)) for d, *_ in loaded]
+    starts = [p.get("started") for p in spans if isinstance(p.get("started"), (int, float))]
+    ends = [p.get("finished") for p in spans if isinstance(p.get("finished"), (int, float))]
+    if starts and ends and len(starts) == len(ends) == len(spans):
+        # with `reproduce --jobs N` experiments overlap: the elapsed span is less than the sum above
+        timing.append(("elapsed, first start to last finish", f"{max(ends) - min(starts):.1f} s"))
     env = summarize(read_provenance(loaded[-1][0])) if loaded else {}
     env_rows = [("vitheory version", env.get("vitheory_version", __version__)), ("git commit", env.get("git_commit", "unknown")),
                 ("torch / numpy", f"{env.get('torch', '?')} / {env.get('numpy', '?')}"), ("device", env.get("device", "?")),
