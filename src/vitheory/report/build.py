@@ -19,7 +19,8 @@ import pandas as pd
 from vitheory._version import __version__
 from vitheory.config import ConfigError, build_config, config_to_dict
 from vitheory.experiments.base import Analysis, Experiment, get_experiment, results_frame
-from vitheory.report.html import claims_html, esc, page, rows_html, section_html, seed_spread
+from vitheory.report.cross import construct_vs_trained, construct_vs_trained_note
+from vitheory.report.html import claims_html, esc, page, rows_html, section_html, seed_spread, table_html
 from vitheory.sweep.provenance import read_provenance, summarize
 from vitheory.sweep.runner import in_trial_order
 from vitheory.sweep.store import dumps, open_store, read_run_config, trial_key
@@ -265,6 +266,7 @@ def build_combined_report(root: str | os.PathLike) -> Path:
     if starts and ends and len(starts) == len(ends) == len(spans):
         # with `reproduce --jobs N` experiments overlap: the elapsed span is less than the sum above
         timing.append(("elapsed, first start to last finish", f"{max(ends) - min(starts):.1f} s"))
+    cross_md, cross_html = _cross_sections(loaded)
     env = summarize(read_provenance(loaded[-1][0])) if loaded else {}
     env_rows = [("vitheory version", env.get("vitheory_version", __version__)), ("git commit", env.get("git_commit", "unknown")),
                 ("torch / numpy", f"{env.get('torch', '?')} / {env.get('numpy', '?')}"), ("device", env.get("device", "?")),
@@ -276,7 +278,7 @@ def build_combined_report(root: str | os.PathLike) -> Path:
             *([SMOKE_NOTE, ""] if "smoke" in scales else []),
             f"Scale(s): {', '.join(scales)}. Rebuild with `vitheory report {root}`.", "",
             "## Summary", "", "| experiment | claim | verdict |", "|---|---|---|", *summary, "",
-            provenance_markdown(env_rows + [(f"wall time: {k}", v) for k, v in timing]), *sections]
+            provenance_markdown(env_rows + [(f"wall time: {k}", v) for k, v in timing]), *cross_md, *sections]
     path = root / "report.md"
     _write_text(path, "\n".join(text))
     intro = (f"<h1>vitheory report</h1><p>Each section states a paper's claim, the numbers measured in this run, "
@@ -288,8 +290,23 @@ def build_combined_report(root: str | os.PathLike) -> Path:
         intro, toc, "<h2>Summary</h2>", *html_claims,
         ("<table><tbody>" + "".join(failed_html) + "</tbody></table>") if failed_html else "",
         "<h2>Provenance</h2>", rows_html(env_rows), "<p><strong>Wall time per experiment</strong></p>",
-        rows_html(timing), *html_sections]))
+        rows_html(timing), *cross_html, *html_sections]))
     return path
+
+
+def _cross_sections(loaded) -> tuple[list[str], list[str]]:
+    """Markdown and HTML of the cross-experiment comparisons whose inputs this report holds."""
+    by_name = {exp.name: (cfg, analysis) for _, exp, _, analysis, _, _, cfg, _ in loaded}
+    if "memorization-heads" not in by_name or "memorization-construct" not in by_name:
+        return [], []
+    (h_cfg, h_an), (c_cfg, c_an) = by_name["memorization-heads"], by_name["memorization-construct"]
+    tab = construct_vs_trained(h_cfg, h_an.numbers, c_an.numbers)
+    if tab is None:
+        return [], []
+    title = "C13 against training: certified T of the construction and trained capacity at the same (H, n, d_h)"
+    note = construct_vs_trained_note(h_cfg, c_cfg.d)
+    return ([f"## {title}", "", df_to_markdown(tab), "", note, ""],
+            [f"<h2>{esc(title)}</h2>", table_html(tab), f"<p>{esc(note)}</p>"])
 
 
 def rebuild(path: str | os.PathLike) -> Path:
