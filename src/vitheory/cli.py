@@ -86,13 +86,11 @@ def cmd_reproduce(args) -> int:
     from vitheory.report.build import build_combined_report
     from vitheory.config import config_to_dict
     from vitheory.sweep.executors import check_executor, make_executor
-    from vitheory.sweep.runner import check_device_name, prepare_run_folder, resolve_device, run_experiments
+    from vitheory.sweep.runner import (check_device_name, check_jobs, prepare_run_folder, resolve_device,
+                                       run_experiments)
     check_executor(args.executor, args.scheduler, args.workers)
     check_device_name(args.device)
-    if not 1 <= args.jobs <= 256:
-        raise ConfigError(f"--jobs={args.jobs} is out of range; allowed range: [1, 256]")
-    if args.jobs > 1 and args.executor != "local":
-        raise ConfigError("--jobs > 1 runs experiments in local processes; it cannot be combined with --executor dask")
+    check_jobs(args.jobs, args.executor)
     if args.only is None:
         names = list(registry())
     else:

@@ -447,6 +447,32 @@ def floor_report(df, by: str = "alpha_star"):
     return pd.DataFrame(tab), notes
 
 
+FLOOR_TITLE = "Floor check (before the grid): oracle vote and mean pooling on fresh samples"
+
+
+def add_floor_report(a: Analysis, df, by: str = "alpha_star", title: str = FLOOR_TITLE):
+    """:func:`floor_report` into the analysis ``a``: its table (when the run has floor trials) and its notes."""
+    tab, notes = floor_report(df, by=by)
+    if tab is not None:
+        a.tables[title] = tab
+    a.notes += notes
+    return tab
+
+
+# per-trial attention metrics and their column names in the reports' tables
+ATTENTION_COLUMNS = (("attention_initial", "A(0)"), ("attention_final", "A(T)"),
+                     ("attention_final_all", "A(T) all queries"))
+
+
+def add_attention_columns(tab, trials, key: str, columns=ATTENTION_COLUMNS[:2]):
+    """The mean A(0), A(T) of ``trials`` per value of ``key``, as columns of ``tab`` (one row per value of ``key``);
+    metrics the trials did not measure are left out."""
+    for col, name in columns:
+        if col in trials and trials[col].notna().any():
+            tab[name] = trials.groupby(key)[col].mean().reindex(tab[key]).to_numpy()
+    return tab
+
+
 def shallow_experiment(name: str, figure: str, claim: str, config: type, trials: Callable,
                        analyze: Callable[..., Analysis], plot: Callable, *, smoke: dict, paper: dict,
                        run_trials: Callable = run_trials, group_key: Callable = group_key,

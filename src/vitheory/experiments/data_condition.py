@@ -62,19 +62,14 @@ def _table(cfg: Config, vit: pd.DataFrame) -> pd.DataFrame:
     tab = n_min_table(vit, "alpha_conf", cfg.success_rate)
     rates = vit.pivot_table(index="alpha_conf", columns="N", values="success", aggfunc="mean")
     tab["mean success"] = rates.mean(axis=1).reindex(tab["alpha_conf"]).to_numpy()
-    for col, name in (("attention_initial", "A(0)"), ("attention_final", "A(T)")):
-        if col in vit and vit[col].notna().any():
-            tab[name] = vit.groupby("alpha_conf")[col].mean().reindex(tab["alpha_conf"]).to_numpy()
+    S.add_attention_columns(tab, vit, "alpha_conf")
     tab["inside theory (alpha_# <= alpha_*/(2e))"] = tab["alpha_conf"] <= cfg.alpha_star * C_MAX + 1e-12
     return tab.merge(rates.add_prefix("success@N=").reset_index(), on="alpha_conf")
 
 
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     a = Analysis()
-    floor_tab, floor_notes = S.floor_report(df, by="alpha_conf")
-    if floor_tab is not None:
-        a.tables["Floor check (before the grid): oracle vote and mean pooling on fresh samples"] = floor_tab
-    a.notes += floor_notes
+    S.add_floor_report(a, df, by="alpha_conf")
     vit = df[df["model"] == "vit"]
     tab = _table(cfg, vit)
     a.tables[f"N_min and success against alpha_# (alpha_* = {cfg.alpha_star:.4g})"] = tab

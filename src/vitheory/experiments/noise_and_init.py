@@ -88,10 +88,7 @@ def _monotone_claim(cid: str, stmt: str, tab: pd.DataFrame, name: str, grid_max:
 
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     a = Analysis()
-    floor_tab, floor_notes = S.floor_report(df, by="tau")
-    if floor_tab is not None:
-        a.tables["Floor check (before the grid): oracle vote and mean pooling on fresh samples, per tau"] = floor_tab
-    a.notes += floor_notes
+    S.add_floor_report(a, df, by="tau", title=S.FLOOR_TITLE + ", per tau")
     if "model" in df:
         df = df[df["model"] != "floor"]
     for sweep, cid, stmt in (("tau", "S5-noise", "N_min increases with the token noise level tau"),
@@ -103,9 +100,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
         rates = sub.pivot_table(index="value", columns="N", values="success", aggfunc="mean")
         tab = tab.merge(rates.reset_index(), on="value")
         tab.columns = [f"success@N={c}" if isinstance(c, (int, np.integer)) else c for c in tab.columns]
-        for col, name in (("attention_initial", "A(0)"), ("attention_final", "A(T)")):
-            if col in sub and sub[col].notna().any():
-                tab[name] = sub.groupby("value")[col].mean().reindex(tab["value"]).to_numpy()
+        S.add_attention_columns(tab, sub, "value")
         a.tables[f"N_min against {sweep} (alpha_* = {cfg.alpha_star:g})"] = tab
         a.claims.append(_monotone_claim(cid, stmt, tab, sweep, max(cfg.N_grid), min(cfg.N_grid)))
     a.notes.append(f"held fixed: tau = {cfg.sigma_sweep_tau:g} in the sigma sweep, sigma = {cfg.sigma:g} in the tau sweep; "

@@ -95,9 +95,7 @@ def boundary(cfg, df: pd.DataFrame, model: str, power: int) -> tuple[pd.DataFram
     tab = n_min_table(sub, "inv_alpha", cfg.success_rate)
     tab.insert(1, f"alpha_*^-{power}", (tab["inv_alpha"] ** power).round(2))
     tab.insert(1, "alpha_*", (1 / tab["inv_alpha"]).round(4))
-    for col, name in (("attention_initial", "A(0)"), ("attention_final", "A(T)"), ("attention_final_all", "A(T) all queries")):
-        if col in sub and sub[col].notna().any():
-            tab[name] = sub.groupby("inv_alpha")[col].mean().reindex(tab["inv_alpha"]).to_numpy()
+    S.add_attention_columns(tab, sub, "inv_alpha", S.ATTENTION_COLUMNS)
     ok = tab.dropna(subset=["N_min"])
     cmp = compare_laws(ok["inv_alpha"].to_numpy(float), ok["N_min"].to_numpy(float))
     cmp["censored"] = int(tab["N_min"].isna().sum())
@@ -142,7 +140,7 @@ def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     a = Analysis()
     floor_tab, floor_notes = S.floor_report(df)
     if floor_tab is not None:
-        a.tables["Floor check (before the grid): oracle vote and mean pooling on fresh samples"] = floor_tab
+        a.tables[S.FLOOR_TITLE] = floor_tab
         a.numbers["floor"] = floor_tab.to_dict("records")
     tab, cmp = boundary(cfg, df, "vit", 2)
     a.tables["ViT: phase boundary N_min per alpha_*, with the attention on relevant tokens A(0) -> A(T)"] = tab

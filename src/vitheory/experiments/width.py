@@ -59,17 +59,12 @@ def _rates(df: pd.DataFrame) -> pd.DataFrame:
 
 def analyze(cfg: Config, df: pd.DataFrame) -> Analysis:
     a = Analysis()
-    floor_tab, floor_notes = S.floor_report(df)
-    if floor_tab is not None:
-        a.tables["Floor check (before the grid): oracle vote and mean pooling on fresh samples"] = floor_tab
-    a.notes += floor_notes
+    S.add_floor_report(a, df)
     vit = df[df["model"] == "vit"]
     rates = _rates(vit)
     tab = rates.add_prefix("success@N=").reset_index()
     tab["mean success"] = rates.mean(axis=1).to_numpy()
-    for col, name in (("attention_initial", "A(0)"), ("attention_final", "A(T)")):
-        if col in vit and vit[col].notna().any():
-            tab[name] = vit.groupby("m")[col].mean().reindex(tab["m"]).to_numpy()
+    S.add_attention_columns(tab, vit, "m")
     a.tables[f"success against the width m (alpha_* = {cfg.alpha_star:.4g}, M = {cfg.M})"] = tab
     need = {N: needed_width(cfg, N) for N in cfg.N_grid}
     a.tables["the theory's width M^2 log N"] = pd.DataFrame({"N": list(need), "M^2 log N": [round(v, 1) for v in need.values()]})

@@ -174,10 +174,6 @@ def provenance_rows(run_dir: str | os.PathLike, meta: dict) -> list[tuple[str, s
     return rows
 
 
-def wall_seconds(run_dir: str | os.PathLike) -> float | None:
-    return summarize(read_provenance(run_dir)).get("wall_s")
-
-
 def _utc(t) -> str:
     if not isinstance(t, (int, float)):
         return "–"
@@ -246,7 +242,7 @@ def build_combined_report(root: str | os.PathLike) -> Path:
             summary.append(f"| {d.name} | – | could not report: {e} |")
             failed_html.append(f"<tr><td>{esc(d.name)}</td><td>–</td><td>could not report: {esc(e)}</td></tr>")
     loaded.sort(key=lambda t: rank.get(t[1].name, len(ORDER)))
-    html_sections, html_claims, walls = [], [], []
+    html_sections, html_claims, walls, spans = [], [], [], []
     for d, exp, meta, analysis, figures, n, cfg, df in loaded:
         for c in analysis.claims:
             summary.append(f"| {exp.name} | {c.id}: {c.statement} | **{verdict_text(c, meta.get('scale'))}** |")
@@ -254,20 +250,20 @@ def build_combined_report(root: str | os.PathLike) -> Path:
                                        heading="##", smoke_note=False))
         html_claims.append(claims_html(analysis.claims, with_experiment=exp.name))
         html_sections.append(_html_section(d, exp, meta, analysis, figures, n, cfg, df, level=2))
-        walls.append((exp.name, wall_seconds(d), meta.get("scale", "?")))
+        spans.append(summarize(read_provenance(d)))          # read once: wall time, start/end, environment
+        walls.append((exp.name, spans[-1].get("wall_s"), meta.get("scale", "?")))
     scales = sorted({m.get("scale", "?") for _, _, m, *_ in loaded})
     known = [w for _, w, _ in walls if w is not None]
     total = f"{sum(known):.1f} s" + ("" if len(known) == len(walls) else f" (known for {len(known)} of {len(walls)})")
     timing = [(f"{name} ({scale})", "not recorded" if w is None else f"{w:.1f} s") for name, w, scale in walls]
     timing.append(("all experiments", total))
-    spans = [summarize(read_provenance(d)) for d, *_ in loaded]
     starts = [p.get("started") for p in spans if isinstance(p.get("started"), (int, float))]
     ends = [p.get("finished") for p in spans if isinstance(p.get("finished"), (int, float))]
     if starts and ends and len(starts) == len(ends) == len(spans):
         # with `reproduce --jobs N` experiments overlap: the elapsed span is less than the sum above
         timing.append(("elapsed, first start to last finish", f"{max(ends) - min(starts):.1f} s"))
     cross_md, cross_html = _cross_sections(loaded)
-    env = summarize(read_provenance(loaded[-1][0])) if loaded else {}
+    env = spans[-1] if spans else {}
     env_rows = [("vitheory version", env.get("vitheory_version", __version__)), ("git commit", env.get("git_commit", "unknown")),
                 ("torch / numpy", f"{env.get('torch', '?')} / {env.get('numpy', '?')}"), ("device", env.get("device", "?")),
                 ("threads", env.get("threads", "?")), ("executor", env.get("executor", "?")),

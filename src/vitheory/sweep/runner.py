@@ -142,6 +142,15 @@ def _run_one(job: tuple[str, dict, int]) -> tuple[str, float]:
     return name, time.perf_counter() - t0
 
 
+def check_jobs(jobs: int, executor: Any = "local") -> None:
+    """``--jobs``: an integer in [1, 256]; above 1 only with the local executor (experiments in local processes)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int):
+        raise ConfigError(f"--jobs={jobs!r} is not an integer; allowed range: [1, 256]")
+    check_range("--jobs", jobs, 1, 256)
+    if jobs > 1 and executor != "local":
+        raise ConfigError("--jobs > 1 runs experiments in local processes; it cannot be combined with --executor dask")
+
+
 def run_experiments(names: list[str], *, jobs: int = 1, on_done=None, **kwargs) -> dict[str, float]:
     """Run the experiments ``names`` (keyword arguments as :func:`run_experiment`'s, ``out`` a folder whose
     sub-folder ``NAME`` holds each run); return the wall seconds of each.
@@ -155,9 +164,7 @@ def run_experiments(names: list[str], *, jobs: int = 1, on_done=None, **kwargs) 
     killed run resumes as usual.  ``on_done(name, seconds)`` is called as each finishes.  The first failure is
     re-raised after the experiments already started have finished.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int):
-        raise ConfigError(f"--jobs={jobs!r} is not an integer; allowed range: [1, 256]")
-    check_range("--jobs", jobs, 1, 256)
+    check_jobs(jobs, kwargs.get("executor", "local"))
     root = Path(kwargs.pop("out"))
     times: dict[str, float] = {}
     if jobs == 1:
