@@ -5,8 +5,8 @@ The objective of one step (train/sgd.py) is  sum_k (1/B) sum_b loss(y_kb F_k(X_k
     F(X) = (1/L) sum_l a^T ReLU(u_l),   u_l = W_O z_l,   z_l = sum_s P_ls W_V x_s,
     P_l. = softmax_s(x_s^T W_K^T W_Q x_l [/ sqrt(d_k)]).
 
-Its gradients, with c_kb = dObjective/dF_kb (the loss derivative, by autograd on the [K_act, B] loss alone) and
-g_t = c / L for every token l:
+Its gradients, with c_kb = dObjective/dF_kb (the loss derivative: autograd's own formulas on the [K_act, B] loss
+alone, train/losses.py) and g_t = c / L for every token l:
 
     dU = (g_t a^T) * 1[u > 0]                      [G, B L, m]
     dW_O = dU^T z,  dz = dU W_O,  da = ReLU(u)^T g_t (only when a is trained)
@@ -21,39 +21,106 @@ is the cost: the models are processed ``group`` at a time, so a group's activati
 gathered mini-batch) stay in cache between the forward and the backward, all buffers are allocated once and
 reused every step, the rank-1 product g_t a^T is an elementwise product instead of a bmm, and the three slices
 of the fused Q/K/V projection share one gradient buffer (no zero-filled copies).
+
+With more than one torch thread the groups are shared among that many worker threads, each running its groups'
+products on one core (``threads``): the products of one group are too small for a multi-threaded BLAS call to keep
+two cores busy (at 2 threads the per-group path reached 0.38 of a 2-thread sgemm, `bench/peak.py`), while whole
+groups in parallel keep each core on its own cache-resident working set.  A group's operations always run on one
+core (also when there is one worker), so the gradients, and the trained models, are the same whatever the number
+of threads (tests/test_fused.py).
 """
 from __future__ import annotations
 
 import torch
 
-# Models per group [project choice: 8, 16 and 32 measured alike, 4 slower, `python bench/bench_shallow.py fused`;
-# docs/benchmarks.md]
-GROUP = 8
+from vitheory.train.losses import objective_grad
+
+# Models per group [project choice, `python bench/bench_shallow.py fused`, docs/benchmarks.md]: 4, whose working set
+# is nearer a core's L2 than 8's (alike on a quiet machine, faster when the shared L3 is busy).  One size whatever
+# the number of workers: at small sizes, where torch's bmm takes its own loop instead of the BLAS, the group size
+# changes the last bits, and the trained models should not depend on the thread count.
+GROUP = 4
+# Worker threads only for groups of at least this many matrix-product FLOPs per step [project choice]: below it a
+# group is Python overhead (about 0.1 ms) more than arithmetic, and threads contend for the interpreter lock
+# (8 to 220 models of a 4-token, d = 8 model ran 1.6-2.1x slower on 2 workers than on one; at the default size,
+# 90 MFLOP a group, 2 workers ran 1.4-1.6x faster; `python bench/peak.py`).
+MIN_WORKER_FLOPS = 20e6
+
+
+class _Buffers:
+    """The activations of one group of models, allocated once and reused (one set per worker thread), and their
+    views for a group of G models (built once per G: a group's Python work is mostly making views)."""
+
+    def __init__(self, G: int, B: int, L: int, d: int, dk: int, dv: int, m: int, **kw):
+        e, BL = 2 * dk + dv, B * L
+        self.G, self.B, self.L, self.d, self.dk, self.dv = G, B, L, d, dk, dv
+        self.x = torch.empty(G * B, L * d, **kw)         # gathered mini-batch rows of the group
+        self.qkv = torch.empty(G, BL, e, **kw)           # [Q K V] of every token
+        self.S = torch.empty(G * B, L, L, **kw)          # scores
+        self.P = torch.empty(G * B, L, L, **kw)          # softmax of the scores
+        self.z = torch.empty(G, BL, dv, **kw)            # P V
+        self.h = torch.empty(G, BL, m, **kw)             # u, then ReLU(u) in place, then dU in place
+        self.t = torch.empty(G, 1, BL, **kw)             # a^T ReLU(u_l)
+        self.dWO = torch.empty(G, dv, m, **kw)           # z^T dU (autograd's layout of dW_O^T)
+        self.dz = torch.empty(G, BL, dv, **kw)
+        self.dP = torch.empty(G * B, L, L, **kw)
+        self.dS = torch.empty(G * B, L, L, **kw)
+        self.dqkv = torch.empty(G, B, L, e, **kw)        # [dQ dK dV]
+        self.tmp = torch.empty(G * B, L, max(dk, dv), **kw)   # dQ, dK^T, dV before they join dqkv
+        self.dWt = torch.empty(G, d, e, **kw)            # X^T dQKV (autograd's layout of dW^T)
+        self._views: dict[int, dict[str, torch.Tensor]] = {}
+
+    def views(self, G: int) -> dict[str, torch.Tensor]:
+        v = self._views.get(G)
+        if v is None:
+            B, L, d, dk, dv, BL = self.B, self.L, self.d, self.dk, self.dv, self.B * self.L
+            qkv = self.qkv[:G]
+            q4 = qkv.view(G * B, L, -1)
+            dqkv = self.dqkv[:G].view(G * B, L, -1)
+            tmp = self.tmp.view(-1)     # contiguous [G B, L, dk], [G B, dk, L] and [G B, L, dv] views of one buffer
+            v = self._views[G] = {
+                "xg": self.x[:G * B], "x": self.x[:G * B].view(G, BL, d), "qkv": qkv,
+                "q": q4[..., :dk], "k": q4[..., dk:2 * dk], "v": q4[..., 2 * dk:],
+                "S": self.S[:G * B], "P": self.P[:G * B], "z4": self.z[:G].view(G * B, L, dv), "z": self.z[:G],
+                "h": self.h[:G], "t": self.t[:G], "dWO": self.dWO[:G], "dz": self.dz[:G],
+                "dP": self.dP[:G * B], "dS": self.dS[:G * B], "dqkv": dqkv, "dqkv3": self.dqkv[:G].view(G, BL, -1),
+                "dQ": dqkv[..., :dk], "dK": dqkv[..., dk:2 * dk], "dV": dqkv[..., 2 * dk:],
+                "tq": tmp[:G * B * L * dk].view(G * B, L, dk), "tkT": tmp[:G * B * dk * L].view(G * B, dk, L),
+                "tv": tmp[:G * B * L * dv].view(G * B, L, dv), "dWt": self.dWt[:G]}
+        return v
 
 
 class FusedShallowViTStep:
     """Gradients of the SGD objective for K_act models, the mini-batch gathered group by group from ``X_rows``.
 
-    Buffers are allocated for ``group`` models on the first call and reused.
+    ``threads``: worker threads sharing the groups (None: ``torch.get_num_threads()`` at each call; 1: the calling
+    thread alone).  Buffers are allocated for ``group`` models per worker on first use and reused.
     """
 
     def __init__(self, cfg, L: int, d: int, batch: int, loss_fn, group: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, threads: int | None = None):
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
         self.cfg, self.L, self.d, self.B, self.loss_fn = cfg, L, d, batch, loss_fn
-        self.G = group = GROUP if group is None else group
-        G, B, dk, dv, m = group, batch, cfg.d_k, cfg.d_v, cfg.m
-        e = 2 * dk + dv
-        kw = {"device": device, "dtype": dtype}
-        BL = B * L
-        self.x = torch.empty(G * B, L * d, **kw)         # gathered mini-batch rows of the group
-        self.qkv = torch.empty(G, BL, e, **kw)           # [Q K V] of every token
-        self.S = torch.empty(G * B, L, L, **kw)          # scores, then P (softmax in place)
-        self.z = torch.empty(G, BL, dv, **kw)            # P V
-        self.h = torch.empty(G, BL, m, **kw)             # u, then ReLU(u) in place, then dU in place
-        self.t = torch.empty(G, 1, BL, **kw)             # a^T ReLU(u_l)
-        self.dz = torch.empty(G, BL, dv, **kw)
-        self.dP = torch.empty(G * B, L, L, **kw)
-        self.dqkv = torch.empty(G, B, L, e, **kw)        # [dQ dK dV]
+        self.G = GROUP if group is None else group
+        c, e = cfg, 2 * cfg.d_k + cfg.d_v
+        # matrix-product FLOPs of one model's step: forward (QKV, scores, P V, W_O, a) and twice that backward
+        self.step_flops = 3 * 2 * batch * L * (d * e + L * (c.d_k + c.d_v) + c.d_v * c.m + c.m)
+        self.kw = {"device": device, "dtype": dtype}
+        self.threads = threads
+        # worker threads only pay off on the CPU (a GPU runs one stream of kernels either way)
+        self.cpu = torch.device(device).type == "cpu"
+        self._buffers: list[_Buffers] = []
+        self._pool, self._pool_size = None, 0
+
+    def _buf(self, w: int, G: int) -> _Buffers:
+        """Worker w's buffers, for groups of up to G models."""
+        while len(self._buffers) <= w:
+            self._buffers.append(None)
+        if self._buffers[w] is None or self._buffers[w].G < G:
+            c = self.cfg
+            self._buffers[w] = _Buffers(G, self.B, self.L, self.d, c.d_k, c.d_v, c.m, **self.kw)
+        return self._buffers[w]
 
     def grads(self, X_rows: torch.Tensor, flat: torch.Tensor, y: torch.Tensor, P: dict[str, torch.Tensor],
               train_a: bool) -> dict[str, torch.Tensor]:
@@ -62,62 +129,106 @@ class FusedShallowViTStep:
         Returns {name: gradient [K_act, ...]} of the trained parameters (a only when ``train_a``).
         """
         Ka = y.shape[0]
-        out = {k: torch.empty_like(P[k]) for k in ("W_Q", "W_K", "W_V", "W_O")}
+        out = {"W_O": torch.empty_like(P["W_O"])}
         if train_a:
             out["a"] = torch.empty_like(P["a"])
         W = torch.cat([P["W_Q"], P["W_K"], P["W_V"]], dim=1)                   # [K_act, e, d]
         dW = torch.empty_like(W)
         F_all = torch.zeros_like(y)       # [K_act, B]: F of the groups so far (see _group)
-        for g0 in range(0, Ka, self.G):
-            g1 = min(g0 + self.G, Ka)
-            self._group(X_rows, flat[g0 * self.B:g1 * self.B], y, F_all, g0, g1, W[g0:g1], P["W_O"][g0:g1],
-                        P["a"][g0:g1], dW[g0:g1], out["W_O"][g0:g1], out["a"][g0:g1] if train_a else None)
-        dk = self.cfg.d_k
-        out["W_Q"].copy_(dW[:, :dk])
-        out["W_K"].copy_(dW[:, dk:2 * dk])
-        out["W_V"].copy_(dW[:, 2 * dk:])
+        threads = torch.get_num_threads() if self.threads is None else self.threads
+        G = self.G
+        groups = [(g0, min(g0 + G, Ka)) for g0 in range(0, Ka, G)]
+        T = min(threads, len(groups)) if self.cpu and G * self.step_flops >= MIN_WORKER_FLOPS else 1
+
+        def run(w: int, mine: list[tuple[int, int]]) -> None:
+            buf = self._buf(w, G)
+            for g0, g1 in mine:
+                self._group(buf, X_rows, flat[g0 * self.B:g1 * self.B], y, F_all, g0, g1, W[g0:g1],
+                            P["W_O"][g0:g1], P["a"][g0:g1], dW[g0:g1], out["W_O"][g0:g1],
+                            out["a"][g0:g1] if train_a else None)
+
+        if not self.cpu:
+            run(0, groups)
+        elif T == 1:
+            main_threads = torch.get_num_threads()
+            torch.set_num_threads(1)     # one core, as in a worker: the same numbers whatever the thread count
+            try:
+                run(0, groups)
+            finally:
+                torch.set_num_threads(main_threads)
+        else:
+            self._run_workers(T, groups, run)
+        dk = self.cfg.d_k       # views of the one buffer (the update reads them in place)
+        out["W_Q"], out["W_K"], out["W_V"] = dW[:, :dk], dW[:, dk:2 * dk], dW[:, 2 * dk:]
         return out
 
-    def _group(self, X_rows, flat, y, F_all, g0, g1, W, W_O, a, dW, dW_O, da) -> None:
-        G, B, L, d, cfg = g1 - g0, self.B, self.L, self.d, self.cfg
-        dk, dv, BL = cfg.d_k, cfg.d_v, self.B * self.L
-        x = torch.index_select(X_rows, 0, flat, out=self.x[:G * B]).view(G, BL, d)
+    def _run_workers(self, T: int, groups, run) -> None:
+        """Worker w runs groups w, w + T, ...; each worker's torch operations use one thread."""
+        from concurrent.futures import ThreadPoolExecutor
+        if self._pool is None or self._pool_size != T:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_size = ThreadPoolExecutor(T, thread_name_prefix="vitheory-fused"), T
+        main_threads = torch.get_num_threads()
+
+        def work(w: int) -> None:
+            torch.set_num_threads(1)       # this worker's operations on one core (the team is this thread)
+            with torch.no_grad():          # grad mode is per thread
+                run(w, groups[w::T])
+        try:
+            for f in [self._pool.submit(work, w) for w in range(T)]:
+                f.result()
+        finally:
+            torch.set_num_threads(main_threads)   # the BLAS thread count is process-wide: give it back
+
+    def __del__(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False)
+
+    def _group(self, buf: _Buffers, X_rows, flat, y, F_all, g0, g1, W, W_O, a, dW, dW_O, da) -> None:
+        G, B, L, cfg = g1 - g0, self.B, self.L, self.cfg
+        dk, BL = cfg.d_k, self.B * self.L
+        V = buf.views(G)
+        x, q, k, v = V["x"], V["q"], V["k"], V["v"]
+        torch.index_select(X_rows, 0, flat, out=V["xg"])
         # forward, the same products as ShallowViT.token_outputs
-        qkv = torch.bmm(x, W.transpose(1, 2), out=self.qkv[:G])                  # [G, BL, e]
-        q4 = qkv.view(G * B, L, -1)
-        q, k, v = q4[..., :dk], q4[..., dk:2 * dk], q4[..., 2 * dk:]
-        S = torch.bmm(q, k.transpose(1, 2), out=self.S[:G * B])                 # [G B, L, L]
+        torch.bmm(x, W.transpose(1, 2), out=V["qkv"])                            # [G, BL, e]
+        S = torch.bmm(q, k.transpose(1, 2), out=V["S"])                          # [G B, L, L]
         if cfg.scale_scores:
             S.div_(dk ** 0.5)
-        Pm = torch.softmax(S, dim=-1)                                           # [G B, L(query), L(key)]
-        z = torch.bmm(Pm, v, out=self.z[:G].view(G * B, L, dv)).view(G, BL, dv)
-        h = torch.bmm(z, W_O.transpose(1, 2), out=self.h[:G])                   # u [G, BL, m]
+        Pm = torch._softmax(S, -1, False, out=V["P"])                            # [G B, L(query), L(key)]
+        torch.bmm(Pm, v, out=V["z4"])
+        z = V["z"]                                                               # [G, BL, dv]
+        h = torch.bmm(z, W_O.transpose(1, 2), out=V["h"])                        # u [G, BL, m]
         h.relu_()
-        t = torch.bmm(a.unsqueeze(1), h.transpose(1, 2), out=self.t[:G])         # [G, 1, BL]
-        torch.mean(t.view(G, B, L), dim=-1, out=F_all[g0:g1])                   # F [G, B]
-        # dObjective/dF by autograd on the [K_act, B] loss only (the loss's own derivative, hinge or logistic).
-        # It runs on all K_act rows (those of later groups are placeholders; the map is elementwise): torch's
-        # vectorised loss derivative rounds an element by its position in the tensor, so this keeps autograd's
-        # rounding exactly (on [G, B] alone the logistic derivative differed in the last bit).
-        with torch.enable_grad():
-            Fl = F_all.detach().requires_grad_(True)
-            (cF,) = torch.autograd.grad(self.loss_fn(y * Fl).mean(dim=1).sum(), Fl)
-        cF = cF[g0:g1]
-        g_t = cF.unsqueeze(-1).expand(G, B, L).div(L).reshape(G, 1, BL)        # MeanBackward: grad / L
-        if da is not None:                                                      # da = g_t^T ReLU(u)
-            torch.bmm(g_t, h, out=da.unsqueeze(1))
+        t = torch.bmm(a.unsqueeze(1), h.transpose(1, 2), out=V["t"])             # [G, 1, BL]
+        torch.mean(t.view(G, B, L), dim=-1, out=F_all[g0:g1])                    # F [G, B]
+        # dObjective/dF (train/losses.py: autograd's own formulas, without its graph). Autograd maps the whole
+        # [K_act, B] tensor, and torch's vectorised kernels round an element by its position in it (the tail of a
+        # vector loop is scalar code), so the group's slice alone gives autograd's bits only where it is whole
+        # vectors inside the vectorised part (64 floats: two AVX-512 vectors); elsewhere all K_act rows are
+        # mapped (later groups' rows are placeholders; the map is elementwise).
+        n, lo, hi = F_all.numel(), g0 * B, g1 * B
+        if (hi - lo) % 64 == 0 and hi <= n - n % 64:
+            cF = objective_grad(self.loss_fn, y[g0:g1], F_all[g0:g1])
+        else:
+            cF = objective_grad(self.loss_fn, y, F_all)[g0:g1]
+        gl = cF.div_(L)                               # MeanBackward over the L tokens: the same c / L for each
+        if da is not None:                                                       # da = g_t^T ReLU(u)
+            torch.bmm(gl.unsqueeze(-1).expand(G, B, L).reshape(G, 1, BL), h, out=da.unsqueeze(1))
         # dU = (g_t a^T) * 1[u > 0]: ReLU(u) >= 0, so sign() is the 0/1 mask (NaN stays NaN)
-        dU = h.sign_().mul_(g_t.view(G, BL, 1)).mul_(a.unsqueeze(1))            # [G, BL, m]
+        dU = h.sign_()
+        dU.view(G, B, L, -1).mul_(gl.view(G, B, 1, 1))
+        dU.mul_(a.unsqueeze(1))                                                  # [G, BL, m]
         # dW_O [G, m, dv] as autograd forms it: (z^T dU)^T
-        dW_O.copy_(torch.bmm(z.transpose(1, 2), dU).transpose(1, 2))
-        dz = torch.bmm(dU, W_O, out=self.dz[:G]).view(G * B, L, dv)
-        dqkv = self.dqkv[:G].view(G * B, L, -1)
-        dP = torch.bmm(dz, v.transpose(1, 2), out=self.dP[:G * B])
-        dqkv[..., 2 * dk:] = torch.bmm(Pm.transpose(1, 2), dz)                  # dV
-        dS = torch._softmax_backward_data(dP, Pm, -1, Pm.dtype)
+        dW_O.copy_(torch.bmm(z.transpose(1, 2), dU, out=V["dWO"]).transpose(1, 2))
+        dz = torch.bmm(dU, W_O, out=V["dz"]).view(G * B, L, -1)
+        dP = torch.bmm(dz, v.transpose(1, 2), out=V["dP"])
+        V["dV"].copy_(torch.bmm(Pm.transpose(1, 2), dz, out=V["tv"]))
+        dS = torch._softmax_backward_data(dP, Pm, -1, Pm.dtype, grad_input=V["dS"])
         if cfg.scale_scores:
-            dS = dS / dk ** 0.5
-        dqkv[..., :dk] = torch.bmm(dS, k)                                       # dQ
-        dqkv[..., dk:2 * dk] = torch.bmm(q.transpose(1, 2), dS).transpose(1, 2)  # dK, as (Q^T dS)^T
+            dS.div_(dk ** 0.5)
+        V["dQ"].copy_(torch.bmm(dS, k, out=V["tq"]))
+        V["dK"].copy_(torch.bmm(q.transpose(1, 2), dS, out=V["tkT"]).transpose(1, 2))   # dK as (Q^T dS)^T
         # d[W_Q; W_K; W_V] [G, e, d] as autograd forms it: (X^T dQKV)^T
-        dW.copy_(torch.bmm(x.transpose(1, 2), dqkv.view(G, BL, -1)).transpose(1, 2))
+        dW.copy_(torch.bmm(x.transpose(1, 2), V["dqkv3"], out=V["dWt"]).transpose(1, 2))

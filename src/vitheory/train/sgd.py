@@ -25,18 +25,7 @@ from torch import nn
 import vitheory.progress as progress
 from vitheory.models.shallow_vit import ShallowViT
 from vitheory.train.fused import FusedShallowViTStep
-
-
-def hinge(yF: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(1.0 - yF, min=0.0)
-
-
-def logistic(yF: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(-yF)), computed stably."""
-    return torch.nn.functional.softplus(-yF)
-
-
-LOSSES = {"hinge": hinge, "logistic": logistic}
+from vitheory.train.losses import LOSSES, hinge, logistic  # noqa: F401  (the losses live in train/losses.py)
 
 
 # Samples per forward chunk in evaluation: the hidden activations of K models ([K, chunk, L, m]) then
