@@ -1,6 +1,6 @@
 """The batched shallow-ViT trainer against the hardware: its GFLOP/s over a large sgemm's, in one run.
 
-    PYTHONPATH=src python bench/peak.py [--K 220] [--steps 5] [--repeat 12] [--long-steps 40] [--n 2048] [--autograd]
+    PYTHONPATH=src python bench/peak.py [--K 220] [--steps 5] [--repeat 20] [--long-steps 40] [--n 2048] [--autograd]
 
 Run it on an idle machine with the torch threads you want to measure (``OMP_NUM_THREADS=1`` for one core; by
 default torch takes every core).
@@ -97,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--K", type=int, default=220)
     ap.add_argument("--steps", type=int, default=5, help="steps of each timed training sample")
-    ap.add_argument("--repeat", type=int, default=12, help="rounds of (one sgemm, one training)")
+    ap.add_argument("--repeat", type=int, default=20, help="rounds of (one sgemm, one training)")
     ap.add_argument("--long-steps", type=int, default=40, help="steps of the one long training (0: none)")
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--autograd", action="store_true", help="the trainer's autograd path (fused=False)")

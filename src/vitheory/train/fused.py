@@ -14,10 +14,11 @@ alone, train/losses.py) and g_t = c / L for every token l:
     dQ = dS K,  dK = dS^T Q,  d[W_Q; W_K; W_V] = [dQ, dK, dV]^T X.
 
 Every product is the same ``torch.bmm`` (same operands, same layout) that autograd runs for the model's forward,
-and every elementwise step the same operation, so the gradients equal autograd's bit for bit (tests/test_fused.py
-checks them to float32 rounding, and whole trainings give identical parameters; docs/benchmarks.md has the golden
-check of the stored experiment metrics).  What differs
-is the cost: the models are processed ``group`` at a time, so a group's activations ([G, B, L, m] and the
+and every elementwise step the same operation, so the gradients equal autograd's (on one thread) bit for bit where
+torch runs a group's products through the same BLAS kernels as the whole batch's: at the experiments' sizes and in
+tests/test_fused.py at groups of 4 and 32; elsewhere (groups of 1 or 3 of a tiny model) to float32 rounding.  Whole
+trainings give identical parameters, and docs/benchmarks.md has the golden check of the stored experiment metrics.
+What differs is the cost: the models are processed ``group`` at a time, so a group's activations ([G, B, L, m] and the
 gathered mini-batch) stay in cache between the forward and the backward, all buffers are allocated once and
 reused every step, the rank-1 product g_t a^T is an elementwise product instead of a bmm, and the three slices
 of the fused Q/K/V projection share one gradient buffer (no zero-filled copies).
@@ -36,7 +37,8 @@ import torch
 from vitheory.train.losses import objective_grad
 
 # Models per group [project choice, `python bench/bench_shallow.py fused`, docs/benchmarks.md]: 4, whose working set
-# is nearer a core's L2 than 8's (alike on a quiet machine, faster when the shared L3 is busy).  One size whatever
+# is nearer a core's L2 than 8's (one thread, K = 220 of the default size: 94 ms a step against 102 / 111 / 111 for
+# groups of 2 / 8 / 16, autograd 277; two workers: 56 against 60 ms for 8, best of 10).  One size whatever
 # the number of workers: at small sizes, where torch's bmm takes its own loop instead of the BLAS, the group size
 # changes the last bits, and the trained models should not depend on the thread count.
 GROUP = 4
@@ -61,13 +63,11 @@ class _Buffers:
         self.z = torch.empty(G, BL, dv, **kw)            # P V
         self.h = torch.empty(G, BL, m, **kw)             # u, then ReLU(u) in place, then dU in place
         self.t = torch.empty(G, 1, BL, **kw)             # a^T ReLU(u_l)
-        self.dWO = torch.empty(G, dv, m, **kw)           # z^T dU (autograd's layout of dW_O^T)
         self.dz = torch.empty(G, BL, dv, **kw)
         self.dP = torch.empty(G * B, L, L, **kw)
         self.dS = torch.empty(G * B, L, L, **kw)
         self.dqkv = torch.empty(G, B, L, e, **kw)        # [dQ dK dV]
         self.tmp = torch.empty(G * B, L, max(dk, dv), **kw)   # dQ, dK^T, dV before they join dqkv
-        self.dWt = torch.empty(G, d, e, **kw)            # X^T dQKV (autograd's layout of dW^T)
         self._views: dict[int, dict[str, torch.Tensor]] = {}
 
     def views(self, G: int) -> dict[str, torch.Tensor]:
@@ -82,11 +82,11 @@ class _Buffers:
                 "xg": self.x[:G * B], "x": self.x[:G * B].view(G, BL, d), "qkv": qkv,
                 "q": q4[..., :dk], "k": q4[..., dk:2 * dk], "v": q4[..., 2 * dk:],
                 "S": self.S[:G * B], "P": self.P[:G * B], "z4": self.z[:G].view(G * B, L, dv), "z": self.z[:G],
-                "h": self.h[:G], "t": self.t[:G], "dWO": self.dWO[:G], "dz": self.dz[:G],
+                "h": self.h[:G], "t": self.t[:G], "dz": self.dz[:G],
                 "dP": self.dP[:G * B], "dS": self.dS[:G * B], "dqkv": dqkv, "dqkv3": self.dqkv[:G].view(G, BL, -1),
                 "dQ": dqkv[..., :dk], "dK": dqkv[..., dk:2 * dk], "dV": dqkv[..., 2 * dk:],
                 "tq": tmp[:G * B * L * dk].view(G * B, L, dk), "tkT": tmp[:G * B * dk * L].view(G * B, dk, L),
-                "tv": tmp[:G * B * L * dv].view(G * B, L, dv), "dWt": self.dWt[:G]}
+                "tv": tmp[:G * B * L * dv].view(G * B, L, dv)}
         return v
 
 
@@ -129,11 +129,14 @@ class FusedShallowViTStep:
         Returns {name: gradient [K_act, ...]} of the trained parameters (a only when ``train_a``).
         """
         Ka = y.shape[0]
-        out = {"W_O": torch.empty_like(P["W_O"])}
+        out = {}
         if train_a:
             out["a"] = torch.empty_like(P["a"])
         W = torch.cat([P["W_Q"], P["W_K"], P["W_V"]], dim=1)                   # [K_act, e, d]
-        dW = torch.empty_like(W)
+        # the weight gradients in the layout autograd's products give them (dW^T, dW_O^T), returned as transposed
+        # views: the update reads them in place, so no group copies them into the parameters' layout
+        dWt = W.new_empty(Ka, W.shape[2], W.shape[1])                         # [K_act, d, e]
+        dWOt = W.new_empty(Ka, P["W_O"].shape[2], P["W_O"].shape[1])          # [K_act, dv, m]
         F_all = torch.zeros_like(y)       # [K_act, B]: F of the groups so far (see _group)
         threads = torch.get_num_threads() if self.threads is None else self.threads
         G = self.G
@@ -144,7 +147,7 @@ class FusedShallowViTStep:
             buf = self._buf(w, G)
             for g0, g1 in mine:
                 self._group(buf, X_rows, flat[g0 * self.B:g1 * self.B], y, F_all, g0, g1, W[g0:g1],
-                            P["W_O"][g0:g1], P["a"][g0:g1], dW[g0:g1], out["W_O"][g0:g1],
+                            P["W_O"][g0:g1], P["a"][g0:g1], dWt[g0:g1], dWOt[g0:g1],
                             out["a"][g0:g1] if train_a else None)
 
         if not self.cpu:
@@ -158,8 +161,10 @@ class FusedShallowViTStep:
                 torch.set_num_threads(main_threads)
         else:
             self._run_workers(T, groups, run)
-        dk = self.cfg.d_k       # views of the one buffer (the update reads them in place)
-        out["W_Q"], out["W_K"], out["W_V"] = dW[:, :dk], dW[:, dk:2 * dk], dW[:, 2 * dk:]
+        dk = self.cfg.d_k
+        dW = dWt.transpose(1, 2)                                               # [K_act, e, d] (a view)
+        out["W_Q"], out["W_K"], out["W_V"], out["W_O"] = dW[:, :dk], dW[:, dk:2 * dk], dW[:, 2 * dk:], \
+            dWOt.transpose(1, 2)
         return out
 
     def _run_workers(self, T: int, groups, run) -> None:
@@ -185,7 +190,7 @@ class FusedShallowViTStep:
         if getattr(self, "_pool", None) is not None:
             self._pool.shutdown(wait=False)
 
-    def _group(self, buf: _Buffers, X_rows, flat, y, F_all, g0, g1, W, W_O, a, dW, dW_O, da) -> None:
+    def _group(self, buf: _Buffers, X_rows, flat, y, F_all, g0, g1, W, W_O, a, dWt, dWOt, da) -> None:
         G, B, L, cfg = g1 - g0, self.B, self.L, self.cfg
         dk, BL = cfg.d_k, self.B * self.L
         V = buf.views(G)
@@ -220,8 +225,8 @@ class FusedShallowViTStep:
         dU = h.sign_()
         dU.view(G, B, L, -1).mul_(gl.view(G, B, 1, 1))
         dU.mul_(a.unsqueeze(1))                                                  # [G, BL, m]
-        # dW_O [G, m, dv] as autograd forms it: (z^T dU)^T
-        dW_O.copy_(torch.bmm(z.transpose(1, 2), dU, out=V["dWO"]).transpose(1, 2))
+        # dW_O^T [G, dv, m] = z^T dU, the product autograd forms
+        torch.bmm(z.transpose(1, 2), dU, out=dWOt)
         dz = torch.bmm(dU, W_O, out=V["dz"]).view(G * B, L, -1)
         dP = torch.bmm(dz, v.transpose(1, 2), out=V["dP"])
         V["dV"].copy_(torch.bmm(Pm.transpose(1, 2), dz, out=V["tv"]))
@@ -230,5 +235,5 @@ class FusedShallowViTStep:
             dS.div_(dk ** 0.5)
         V["dQ"].copy_(torch.bmm(dS, k, out=V["tq"]))
         V["dK"].copy_(torch.bmm(q.transpose(1, 2), dS, out=V["tkT"]).transpose(1, 2))   # dK as (Q^T dS)^T
-        # d[W_Q; W_K; W_V] [G, e, d] as autograd forms it: (X^T dQKV)^T
-        dW.copy_(torch.bmm(x.transpose(1, 2), V["dqkv3"], out=V["dWt"]).transpose(1, 2))
+        # d[W_Q; W_K; W_V]^T [G, d, e] = X^T dQKV, the product autograd forms
+        torch.bmm(x.transpose(1, 2), V["dqkv3"], out=dWt)
