@@ -16,6 +16,7 @@ retires model k after its own ``model_steps[k]`` steps.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,6 +57,20 @@ def predict(model: nn.Module, X: torch.Tensor, chunk: int = PREDICT_CHUNK, param
     return torch.cat(out, dim=1)
 
 
+@contextmanager
+def _num_threads(n: int):
+    """torch's thread count n inside the block (the caller's again after it)."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class TrainResult:
     steps_run: int                      # steps until every model retired, or the step budget
@@ -84,7 +99,8 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     read, e.g. iterations to fit: the steps after it are not computed).
     ``fused``: for a ``ShallowViT``, the gradients come from the hand-written forward + backward of train/fused.py
     (the same products and elementwise steps as autograd, so the same numbers; tests/test_fused.py), a group of
-    models at a time; False: autograd on the whole batch.
+    models at a time, each group on one core; with several torch threads the groups are shared among that many
+    worker threads (the trained models do not depend on the thread count).  False: autograd on the whole batch.
     """
     loss_fn = LOSSES[loss]
     K, Nmax = y.shape
@@ -106,14 +122,24 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
         torch.empty(K * batch, X_rows.shape[1], device=device, dtype=X.dtype)
 
     fused_step = None
+    threads = torch.get_num_threads()
     if fused and isinstance(model, ShallowViT):
         fused_step = FusedShallowViTStep(model.cfg, X.shape[2], X.shape[3], batch, loss_fn, device=device,
-                                         dtype=X.dtype)
+                                         dtype=X.dtype, threads=threads)
+    # With the fused step's worker threads, this thread's own work between them (the update, the mini-batch
+    # indices) runs on one thread: an OpenMP team of this thread would spin-wait after each of its parallel
+    # regions and take a core from the workers (K = 220, two threads: 0.40 of the sgemm with it, 0.52 with
+    # OMP_WAIT_POLICY=PASSIVE, `bench/peak.py`). Evaluations and callbacks keep every thread.
+    loop_threads = 1 if fused_step is not None and fused_step.cpu and threads > 1 else threads
 
     last_err = torch.zeros(K)
     done = torch.zeros(K, dtype=torch.bool)
 
     def evaluate(step: int, ids: torch.Tensor | None = None) -> None:
+        with _num_threads(threads):
+            _evaluate(step, ids)
+
+    def _evaluate(step: int, ids: torch.Tensor | None = None) -> None:
         # only the active models: a retired model has zero gradient on every mini-batch, so its
         # parameters, and hence its training error, are final (same numbers, less work)
         nonlocal active
@@ -144,57 +170,60 @@ def train_hinge_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: torch
     budget = None if model_steps is None else model_steps.long().cpu()
     over = torch.zeros(K, dtype=torch.bool)    # models past their own step budget
 
-    for step in range(steps):
-        if budget is not None and bool((budget == step).any()):
-            ending = torch.nonzero((budget == step) & ~done).flatten().to(device)
-            if eval_every > 0 and len(ending):
-                evaluate(step, ending)     # the training error at the end of their budget
-            over |= budget <= step
-            active = torch.nonzero(~(done | over).to(device)).flatten()
-            if len(active) == 0:
-                result.steps_run = step
-                return result
-        if step % 10 == 0:
-            progress.report(0.9 * step / steps)
-        if callback is not None and callback_every > 0 and step % callback_every == 0:
-            callback(step, model)
-        if eval_every > 0 and step % eval_every == 0:
-            evaluate(step)
-            if len(active) == 0:
-                result.steps_run = step
-                return result
-        if step % chunk_steps == 0:  # per-model mini-batch indices, from each model's own generator
-            length = min(chunk_steps, steps - step)
-            idx_chunk = torch.stack([torch.randint(int(n[k]), (length, batch), generator=g)
-                                     for k, g in enumerate(generators)]).to(device)   # [K, length, B]
-        idx = idx_chunk[active, step % chunk_steps]                                     # [K_act, B]
-        flat = (active[:, None] * Nmax + idx).flatten()                                 # rows of X_rows
-        yb = y.view(-1)[flat].view(len(active), batch)
-        everyone = len(active) == K
-        if fused_step is not None:      # the mini-batch is gathered group by group inside
+    with _num_threads(loop_threads):
+        for step in range(steps):
+            if budget is not None and bool((budget == step).any()):
+                ending = torch.nonzero((budget == step) & ~done).flatten().to(device)
+                if eval_every > 0 and len(ending):
+                    evaluate(step, ending)     # the training error at the end of their budget
+                over |= budget <= step
+                active = torch.nonzero(~(done | over).to(device)).flatten()
+                if len(active) == 0:
+                    result.steps_run = step
+                    return result
+            if step % 10 == 0:
+                progress.report(0.9 * step / steps)
+            if callback is not None and callback_every > 0 and step % callback_every == 0:
+                with _num_threads(threads):
+                    callback(step, model)
+            if eval_every > 0 and step % eval_every == 0:
+                evaluate(step)
+                if len(active) == 0:
+                    result.steps_run = step
+                    return result
+            if step % chunk_steps == 0:  # per-model mini-batch indices, from each model's own generator
+                length = min(chunk_steps, steps - step)
+                idx_chunk = torch.stack([torch.randint(int(n[k]), (length, batch), generator=g)
+                                         for k, g in enumerate(generators)]).to(device)   # [K, length, B]
+            idx = idx_chunk[active, step % chunk_steps]                                     # [K_act, B]
+            flat = (active[:, None] * Nmax + idx).flatten()                                 # rows of X_rows
+            yb = y.view(-1)[flat].view(len(active), batch)
+            everyone = len(active) == K
+            if fused_step is not None:      # the mini-batch is gathered group by group inside
+                with torch.no_grad():
+                    sub = {k: (v if everyone else v[active]) for k, v in full.items()}
+                    g_ = fused_step.grads(X_rows, flat, yb, sub, "a" in trainable)
+                grads = [g_[k] for k in trainable]
+            else:
+                xb = torch.index_select(X_rows, 0, flat, out=xb_buf[:len(flat)]).view(len(active), batch, *X.shape[2:])
+                # while every model is active, differentiate the parameters in place (no gather/scatter copies)
+                sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable))
+                                             for k, v in full.items()}
+                objective = loss_fn(yb * model(xb, sub)).mean(dim=1).sum()
+                grads = torch.autograd.grad(objective, [sub[k] for k in trainable])
             with torch.no_grad():
-                sub = {k: (v if everyone else v[active]) for k, v in full.items()}
-                g_ = fused_step.grads(X_rows, flat, yb, sub, "a" in trainable)
-            grads = [g_[k] for k in trainable]
-        else:
-            xb = torch.index_select(X_rows, 0, flat, out=xb_buf[:len(flat)]).view(len(active), batch, *X.shape[2:])
-            # while every model is active, differentiate the parameters in place (no gather/scatter copies)
-            sub = full if everyone else {k: (v[active].detach().requires_grad_(k in trainable))
-                                         for k, v in full.items()}
-            objective = loss_fn(yb * model(xb, sub)).mean(dim=1).sum()
-            grads = torch.autograd.grad(objective, [sub[k] for k in trainable])
-        with torch.no_grad():
-            lr_a = lr if everyone else lr[active]
-            for k, g_ in zip(trainable, grads):
-                step_ = lr_a.view(-1, *([1] * (g_.dim() - 1))) * g_
-                if lr_scale and k in lr_scale:
-                    step_ = step_ * lr_scale[k]
-                if everyone:
-                    full[k].sub_(step_)
-                else:
-                    full[k].index_add_(0, active, -step_)
-    if callback is not None and callback_every > 0:
-        callback(steps, model)
-    if eval_every > 0:
-        evaluate(steps)
-    return result
+                lr_a = lr if everyone else lr[active]
+                for k, g_ in zip(trainable, grads):
+                    step_ = lr_a.view(-1, *([1] * (g_.dim() - 1))) * g_
+                    if lr_scale and k in lr_scale:
+                        step_ = step_ * lr_scale[k]
+                    if everyone:
+                        full[k].sub_(step_)
+                    else:
+                        full[k].index_add_(0, active, -step_)
+        if callback is not None and callback_every > 0:
+            with _num_threads(threads):
+                callback(steps, model)
+        if eval_every > 0:
+            evaluate(steps)
+        return result
