@@ -87,6 +87,10 @@ class _Buffers:
                 "dQ": dqkv[..., :dk], "dK": dqkv[..., dk:2 * dk], "dV": dqkv[..., 2 * dk:],
                 "tq": tmp[:G * B * L * dk].view(G * B, L, dk), "tkT": tmp[:G * B * dk * L].view(G * B, dk, L),
                 "tv": tmp[:G * B * L * dv].view(G * B, L, dv)}
+            # the transposed operands, made once too
+            v.update(xT=v["x"].transpose(1, 2), kT=v["k"].transpose(1, 2), vT=v["v"].transpose(1, 2),
+                     qT=v["q"].transpose(1, 2), hT=v["h"].transpose(1, 2), zT=v["z"].transpose(1, 2),
+                     PT=v["P"].transpose(1, 2), dKT=v["tkT"].transpose(1, 2))
         return v
 
 
@@ -137,6 +141,7 @@ class FusedShallowViTStep:
         # views: the update reads them in place, so no group copies them into the parameters' layout
         dWt = W.new_empty(Ka, W.shape[2], W.shape[1])                         # [K_act, d, e]
         dWOt = W.new_empty(Ka, P["W_O"].shape[2], P["W_O"].shape[1])          # [K_act, dv, m]
+        WT, W_OT, a3 = W.transpose(1, 2), P["W_O"].transpose(1, 2), P["a"].unsqueeze(1)   # sliced per group
         F_all = torch.zeros_like(y)       # [K_act, B]: F of the groups so far (see _group)
         threads = torch.get_num_threads() if self.threads is None else self.threads
         G = self.G
@@ -146,8 +151,8 @@ class FusedShallowViTStep:
         def run(w: int, mine: list[tuple[int, int]]) -> None:
             buf = self._buf(w, G)
             for g0, g1 in mine:
-                self._group(buf, X_rows, flat[g0 * self.B:g1 * self.B], y, F_all, g0, g1, W[g0:g1],
-                            P["W_O"][g0:g1], P["a"][g0:g1], dWt[g0:g1], dWOt[g0:g1],
+                self._group(buf, X_rows, flat[g0 * self.B:g1 * self.B], y, F_all, g0, g1, WT[g0:g1],
+                            P["W_O"][g0:g1], W_OT[g0:g1], a3[g0:g1], dWt[g0:g1], dWOt[g0:g1],
                             out["a"][g0:g1] if train_a else None)
 
         if not self.cpu:
@@ -190,23 +195,25 @@ class FusedShallowViTStep:
         if getattr(self, "_pool", None) is not None:
             self._pool.shutdown(wait=False)
 
-    def _group(self, buf: _Buffers, X_rows, flat, y, F_all, g0, g1, W, W_O, a, dWt, dWOt, da) -> None:
+    def _group(self, buf: _Buffers, X_rows, flat, y, F_all, g0, g1, WT, W_O, W_OT, a3, dWt, dWOt, da) -> None:
+        """One group: WT = W^T [G, d, e], W_O [G, m, dv] and W_OT its transpose, a3 = a [G, 1, m]; writes F_all's
+        rows, dWt [G, d, e], dWOt [G, dv, m] and da."""
         G, B, L, cfg = g1 - g0, self.B, self.L, self.cfg
         dk, BL = cfg.d_k, self.B * self.L
         V = buf.views(G)
         x, q, k, v = V["x"], V["q"], V["k"], V["v"]
         torch.index_select(X_rows, 0, flat, out=V["xg"])
         # forward, the same products as ShallowViT.token_outputs
-        torch.bmm(x, W.transpose(1, 2), out=V["qkv"])                            # [G, BL, e]
-        S = torch.bmm(q, k.transpose(1, 2), out=V["S"])                          # [G B, L, L]
+        torch.bmm(x, WT, out=V["qkv"])                                           # [G, BL, e]
+        S = torch.bmm(q, V["kT"], out=V["S"])                                    # [G B, L, L]
         if cfg.scale_scores:
             S.div_(dk ** 0.5)
         Pm = torch._softmax(S, -1, False, out=V["P"])                            # [G B, L(query), L(key)]
         torch.bmm(Pm, v, out=V["z4"])
         z = V["z"]                                                               # [G, BL, dv]
-        h = torch.bmm(z, W_O.transpose(1, 2), out=V["h"])                        # u [G, BL, m]
+        h = torch.bmm(z, W_OT, out=V["h"])                                        # u [G, BL, m]
         h.relu_()
-        t = torch.bmm(a.unsqueeze(1), h.transpose(1, 2), out=V["t"])             # [G, 1, BL]
+        t = torch.bmm(a3, V["hT"], out=V["t"])                                   # [G, 1, BL]
         torch.mean(t.view(G, B, L), dim=-1, out=F_all[g0:g1])                    # F [G, B]
         # dObjective/dF (train/losses.py: autograd's own formulas, without its graph). Autograd maps the whole
         # [K_act, B] tensor, and torch's vectorised kernels round an element by its position in it (the tail of a
@@ -224,16 +231,17 @@ class FusedShallowViTStep:
         # dU = (g_t a^T) * 1[u > 0]: ReLU(u) >= 0, so sign() is the 0/1 mask (NaN stays NaN)
         dU = h.sign_()
         dU.view(G, B, L, -1).mul_(gl.view(G, B, 1, 1))
-        dU.mul_(a.unsqueeze(1))                                                  # [G, BL, m]
+        dU.mul_(a3)                                                              # [G, BL, m]
         # dW_O^T [G, dv, m] = z^T dU, the product autograd forms
-        torch.bmm(z.transpose(1, 2), dU, out=dWOt)
+        torch.bmm(V["zT"], dU, out=dWOt)
         dz = torch.bmm(dU, W_O, out=V["dz"]).view(G * B, L, -1)
-        dP = torch.bmm(dz, v.transpose(1, 2), out=V["dP"])
-        V["dV"].copy_(torch.bmm(Pm.transpose(1, 2), dz, out=V["tv"]))
+        dP = torch.bmm(dz, V["vT"], out=V["dP"])
+        V["dV"].copy_(torch.bmm(V["PT"], dz, out=V["tv"]))
         dS = torch._softmax_backward_data(dP, Pm, -1, Pm.dtype, grad_input=V["dS"])
         if cfg.scale_scores:
             dS.div_(dk ** 0.5)
         V["dQ"].copy_(torch.bmm(dS, k, out=V["tq"]))
-        V["dK"].copy_(torch.bmm(q.transpose(1, 2), dS, out=V["tkT"]).transpose(1, 2))   # dK as (Q^T dS)^T
+        torch.bmm(V["qT"], dS, out=V["tkT"])
+        V["dK"].copy_(V["dKT"])                                                  # dK as (Q^T dS)^T
         # d[W_Q; W_K; W_V]^T [G, d, e] = X^T dQKV, the product autograd forms
-        torch.bmm(x.transpose(1, 2), V["dqkv3"], out=dWt)
+        torch.bmm(V["xT"], V["dqkv3"], out=dWt)
